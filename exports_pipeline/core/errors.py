@@ -1,0 +1,34 @@
+"""Errors a user can act on: each message names what is wrong (never a secret)."""
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Base class: the export failed for a reason stated in the message."""
+
+
+class InvalidInputError(ExportError):
+    """A campaign id or run option that cannot be used (bad input, never retried)."""
+
+
+class CampaignNotFoundError(InvalidInputError):
+    """The campaign id is well-formed but not in the source."""
+
+
+class SourceSchemaError(ExportError):
+    """The source lacks a table or column, or holds a value the export cannot represent."""
+
+
+class SourceUnavailableError(ExportError):
+    """The source database could not be reached or the read failed (transient: retried)."""
+
+
+class ConfigurationError(ExportError):
+    """Settings (environment, destination) are missing or inconsistent."""
+
+
+class PublicationError(ExportError):
+    """Writing the snapshot to the destination failed; nothing was published."""
+
+
+class BlockingCheckError(ExportError):
+    """A blocking check failed before publication; nothing was published."""

@@ -1,0 +1,212 @@
+"""One campaign export, end to end, in two steps that Dagster (or any caller) drives:
+
+1. stage_export: open one source snapshot, stream the campaign batch by batch through the transform
+   into local files, and run the blocking checks on what was written;
+2. publish_export: only when every blocking check passed, upload files, manifest, then latest.json.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from exports_pipeline import __version__
+from exports_pipeline.core.destinations import Destination
+from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError
+from exports_pipeline.core.ids import parse_campaign_id
+from exports_pipeline.core.options import ExportOptions, export_columns
+from exports_pipeline.core.publish import (
+    SCHEMA_VERSION,
+    StagedFile,
+    campaign_prefix,
+    move_latest,
+    snapshot_name,
+    upload_snapshot,
+)
+from exports_pipeline.core.source import ATTEMPTS_SCHEMA, CONTACTS_SCHEMA, ANSWERS_SCHEMA, open_source
+from exports_pipeline.core.transform import ANOMALY_KINDS, build_batch
+from exports_pipeline.core.writers import CsvWriter, ParquetWriter, csv_frame
+
+PREVIEW_ROWS = 5
+FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet"}
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    blocking: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class StagedExport:
+    """A complete export in local staging, not yet published."""
+
+    campaign_id: str
+    campaign_name: str
+    snapshot: str
+    snapshot_time: datetime
+    started_at: datetime
+    options: ExportOptions
+    columns: list[str]
+    questions: list[tuple[int, str]]
+    rows: int
+    anomalies: dict[str, int]
+    fingerprint: dict
+    files: list[StagedFile]
+    checks: list[CheckOutcome]
+    preview: pl.DataFrame
+    run_id: str
+
+    @property
+    def failed_blocking_checks(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if c.blocking and not c.passed]
+
+
+@dataclass(frozen=True)
+class PublishedExport:
+    snapshot: str
+    manifest_key: str
+    manifest: dict
+    file_keys: dict[str, str]
+    latest_moved: bool
+
+
+def _empty_rows(question_count: int, staged_campaign) -> pl.DataFrame:
+    """A zero-row frame with every column build_batch produces (header of an empty campaign)."""
+    contacts = pl.DataFrame(schema=CONTACTS_SCHEMA)
+    rows, _ = build_batch(staged_campaign, contacts, pl.DataFrame(schema=ATTEMPTS_SCHEMA),
+                          pl.DataFrame(schema=ANSWERS_SCHEMA), question_count)
+    return rows
+
+
+def _hash_ids(rows: pl.DataFrame) -> pl.Series:
+    return rows["contact_id"].hash(seed=0)
+
+
+@contextmanager
+def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_id: str, *,
+                 statement_timeout_ms: int = 600_000,
+                 progress: Callable[[int, int], None] | None = None) -> Iterator[StagedExport]:
+    """Read the campaign in one snapshot and write its files to a temporary folder (removed on exit)."""
+    cid = parse_campaign_id(campaign_id)
+    started_at = datetime.now(timezone.utc)
+    with open_source(source_url, statement_timeout_ms) as source, \
+            tempfile.TemporaryDirectory(prefix="exports-pipeline-") as staging:
+        campaign = source.campaign(cid)
+        if campaign is None:
+            raise CampaignNotFoundError(f"campaign {cid} is not in the source")
+        questions = source.questions(cid)
+        question_count = max((p for p, _ in questions), default=0)
+        columns = export_columns(question_count, options.columns)
+        expected_rows = source.count_contacts(cid, options)
+        fingerprint = source.fingerprint(cid)
+        anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
+        anomalies.update(source.misfiled_rows(cid))
+
+        folder = Path(staging)
+        writers = {}
+        if "csv" in options.formats:
+            writers["csv"] = CsvWriter(folder / FILE_NAMES["csv"], columns, options.bom, options.formula_guard)
+        if "parquet" in options.formats:
+            writers["parquet"] = ParquetWriter(folder / FILE_NAMES["parquet"], columns)
+        id_hashes: list[pl.Series] = []
+        preview: pl.DataFrame | None = None
+        rows = 0
+        for contacts in source.contact_batches(cid, options):
+            ids = contacts["id"].to_list()
+            batch, batch_anomalies = build_batch(campaign, contacts, source.attempts_for(ids),
+                                                 source.answers_for(ids), question_count)
+            anomalies.update(batch_anomalies)
+            for writer in writers.values():
+                writer.write(batch)
+            id_hashes.append(_hash_ids(batch))
+            if preview is None:
+                preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
+            rows += batch.height
+            if progress:
+                progress(rows, expected_rows)
+        empty = _empty_rows(question_count, campaign)
+        for writer in writers.values():
+            writer.close(empty)
+        if preview is None:
+            preview = csv_frame(empty, columns, options.formula_guard)
+
+        files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
+        checks = _blocking_checks(files, columns, rows, expected_rows, id_hashes, options)
+        yield StagedExport(
+            campaign_id=cid, campaign_name=campaign.name, snapshot=snapshot_name(source.snapshot_time, run_id),
+            snapshot_time=source.snapshot_time, started_at=started_at, options=options, columns=columns,
+            questions=questions, rows=rows, anomalies=dict(anomalies), fingerprint=fingerprint, files=files,
+            checks=checks, preview=preview, run_id=run_id)
+
+
+def _written_header(files: list[StagedFile]) -> list[str]:
+    """The header as a reader sees it, read back from the written file."""
+    for staged in files:
+        if staged.format == "csv":
+            with open(staged.path, "rb") as handle:
+                line = handle.readline().decode("utf-8").removeprefix("\ufeff").rstrip("\n")
+            return line.split(",")
+    import pyarrow.parquet as pq
+    return pq.read_schema(files[0].path).names
+
+
+def _blocking_checks(files: list[StagedFile], columns: list[str], rows: int, expected_rows: int,
+                     id_hashes: list[pl.Series], options: ExportOptions) -> list[CheckOutcome]:
+    all_hashes = pl.concat(id_hashes) if id_hashes else pl.Series([], dtype=pl.UInt64)
+    distinct = all_hashes.n_unique()
+    header = _written_header(files)
+    return [
+        CheckOutcome("row_count_matches_source", rows == expected_rows, True,
+                     "Rows written equal the contacts selected in the same snapshot.",
+                     {"rows_written": rows, "contacts_selected": expected_rows}),
+        CheckOutcome("contact_id_unique", distinct == all_hashes.len(), True,
+                     "Each contact appears once.", {"rows": all_hashes.len(), "distinct_contact_ids": distinct}),
+        CheckOutcome("header_matches_spec", header == columns, True,
+                     "Header is the SPEC section 3 column list for the options used.",
+                     {"expected": ",".join(columns), "written": ",".join(header)}),
+    ]
+
+
+def build_manifest(staged: StagedExport, file_records: list[dict]) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "campaign_id": staged.campaign_id,
+        "run_id": staged.run_id,
+        "snapshot": staged.snapshot,
+        "snapshot_time": staged.snapshot_time.isoformat(),
+        "started_at": staged.started_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "options": staged.options.describe(),
+        "source_fingerprint": staged.fingerprint,
+        "questions": [{"position": p, "prompt": t} for p, t in staged.questions],
+        "anomalies": staged.anomalies,
+        "files": file_records,
+    }
+
+
+def publish_export(staged: StagedExport, destination: Destination) -> PublishedExport:
+    """Upload the staged snapshot; move latest.json only for a default export (no filters)."""
+    failed = staged.failed_blocking_checks
+    if failed:
+        raise BlockingCheckError(
+            f"campaign {staged.campaign_id}: blocking check(s) failed, nothing published: "
+            + "; ".join(f"{c.name} {c.metadata}" for c in failed))
+    records = [f.describe() for f in staged.files]
+    manifest = build_manifest(staged, records)
+    manifest_key = upload_snapshot(destination, staged.campaign_id, staged.snapshot, staged.files, records, manifest)
+    moved = staged.options.is_default_selection and move_latest(
+        destination, staged.campaign_id, staged.snapshot, manifest_key)
+    folder = f"{campaign_prefix(staged.campaign_id)}/{staged.snapshot}"
+    return PublishedExport(staged.snapshot, manifest_key, manifest,
+                           {f.format: f"{folder}/{f.name}" for f in staged.files}, moved)

@@ -1,0 +1,533 @@
+"""Reading one campaign from the source database in one consistent snapshot.
+
+PostgreSQL: a psycopg session holds a REPEATABLE READ transaction and exports its snapshot; every
+bulk read through connectorx imports it, so all reads see the same data while the campaign is being
+written to. SQLite (the embedded demo): a read transaction held open keeps writers out meanwhile.
+Every reader returns frames of one normalized shape (see the *_SCHEMA dicts), whatever the source.
+"""
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import connectorx as cx
+import polars as pl
+import psycopg
+
+from exports_pipeline.core.errors import (
+    ConfigurationError,
+    SourceSchemaError,
+    SourceUnavailableError,
+)
+from exports_pipeline.core.options import ExportOptions
+from exports_pipeline.core.sourceurl import redact_text, redact_url
+
+APPLICATION_NAME = "exports-pipeline"
+UTC_US = pl.Datetime("us", "UTC")
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "campaigns": ("id", "name", "assistant_name", "owner_id", "owner_email", "status", "created_at",
+                  "updated_at", "completed_at"),
+    "survey_questions": ("campaign_id", "position", "prompt"),
+    "contacts": ("id", "campaign_id", "external_contact_id", "name", "business_name", "phone_number", "state",
+                 "attempt_count", "last_attempt_at", "completed_at", "created_at", "updated_at"),
+    "call_attempts": ("id", "campaign_id", "contact_id", "attempt_number", "status", "started_at", "ended_at",
+                      "ended_reason", "cost_usd", "recording_url", "transcript"),
+    "survey_responses": ("campaign_id", "contact_id", "question_position", "answer", "answered_at"),
+}
+
+CONTACTS_SCHEMA = {
+    "id": pl.String, "external_contact_id": pl.String, "name": pl.String, "business_name": pl.String,
+    "phone_number": pl.String, "state": pl.String, "attempt_count": pl.Int64, "last_attempt_at": UTC_US,
+    "completed_at": UTC_US, "created_at": UTC_US,
+}
+ATTEMPTS_SCHEMA = {
+    "id": pl.String, "contact_id": pl.String, "campaign_id": pl.String, "attempt_number": pl.Int64,
+    "status": pl.String, "started_at": UTC_US, "ended_at": UTC_US, "ended_reason": pl.String,
+    "cost_units": pl.Int64, "recording_url": pl.String, "transcript_kind": pl.String,
+    "transcript_summary": pl.String,
+}
+ANSWERS_SCHEMA = {"contact_id": pl.String, "campaign_id": pl.String, "position": pl.Int64, "answer": pl.String}
+TRANSCRIPT_KINDS = ("ok", "no_text", "not_object", "text_not_string", "invalid_json")
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    id: str
+    name: str
+    assistant_name: str | None
+    status: str
+    owner_email: str | None
+    completed_at: datetime | None
+
+
+def _as_utc(value) -> datetime | None:
+    """psycopg gives aware datetimes for timestamptz; SQLite gives ISO text."""
+    if value is None or isinstance(value, datetime):
+        return value.astimezone(timezone.utc) if value is not None else None
+    return parse_iso_timestamp(str(value), "campaigns", "value", "?")
+
+
+def parse_iso_timestamp(text: str, table: str, column: str, row_id: str) -> datetime:
+    """One SQLite timestamp (ISO 8601; no offset means UTC), failing with table, column and row."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SourceSchemaError(f"unparseable timestamp {text!r} in {table}.{column} (row id {row_id})") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _in_list(values: list[str]) -> str:
+    """SQL literal list of already-validated ids (UUIDs or our own enum values): never user free text."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+class SourceReader(ABC):
+    """One open snapshot of the source. Use as a context manager."""
+
+    snapshot_time: datetime
+
+    def __enter__(self) -> "SourceReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def campaign(self, campaign_id: str) -> CampaignInfo | None: ...
+
+    @abstractmethod
+    def campaign_ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def questions(self, campaign_id: str) -> list[tuple[int, str]]: ...
+
+    @abstractmethod
+    def count_contacts(self, campaign_id: str, options: ExportOptions) -> int: ...
+
+    @abstractmethod
+    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
+        """The selected contacts in export order (created_at, id), in frames of at most batch_size rows."""
+
+    @abstractmethod
+    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        """Every attempt of these contacts, whatever campaign it is filed under."""
+
+    @abstractmethod
+    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        """Every answer of these contacts, whatever campaign it is filed under."""
+
+    @abstractmethod
+    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
+        """Attempts and answers filed under this campaign whose contact is not one of its contacts."""
+
+    @abstractmethod
+    def fingerprint(self, campaign_id: str) -> dict:
+        """SPEC section 5: what 'changed since the last export' compares."""
+
+
+def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        return PostgresSource(url, statement_timeout_ms)
+    if scheme == "sqlite":
+        return SqliteSource(url)
+    raise ConfigurationError(
+        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+
+
+# --------------------------------------------------------------------------------------------- PostgreSQL
+
+def _pg_timestamp_fields(fingerprint_row) -> dict:
+    names = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
+             "attempts_max_time", "answers_count", "answers_max_answered_at", "questions_count")
+    return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v)
+            for k, v in zip(names, fingerprint_row)}
+
+
+class PostgresSource(SourceReader):
+    def __init__(self, url: str, statement_timeout_ms: int):
+        self._url = url
+        self._cx_url = self._with_application_name(url)
+        self._timeout = int(statement_timeout_ms)
+        try:
+            self._session = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
+                                            options=f"-c statement_timeout={self._timeout} "
+                                                    "-c default_transaction_read_only=on")
+        except psycopg.Error as exc:
+            raise SourceUnavailableError(
+                f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}") from None
+        try:
+            self._session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot_id, taken_at = self._session.execute(
+                "SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+            self._check_schema()
+        except BaseException:
+            self._session.close()
+            raise
+        self.snapshot_time = taken_at.astimezone(timezone.utc)
+        self._pre_execution = [
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            f"SET TRANSACTION SNAPSHOT '{snapshot_id}'",
+            f"SET statement_timeout = {self._timeout}",
+        ]
+
+    @staticmethod
+    def _with_application_name(url: str) -> str:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        query["application_name"] = APPLICATION_NAME
+        return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _rows(self, sql: str) -> list[tuple]:
+        try:
+            return self._session.execute(sql).fetchall()
+        except psycopg.Error as exc:
+            raise self._translate(str(exc)) from None
+
+    def _translate(self, message: str) -> Exception:
+        text = redact_text(message.strip(), self._url)
+        if "does not exist" in text:
+            return SourceSchemaError(f"source schema: {text}")
+        return SourceUnavailableError(f"source read failed: {text}")
+
+    def _check_schema(self) -> None:
+        found: dict[str, set[str]] = {}
+        for table, column in self._session.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name IN "
+                f"({_in_list(list(REQUIRED_COLUMNS))})").fetchall():
+            found.setdefault(table, set()).add(column)
+        missing = [f"table {t}" if t not in found else f"column {t}.{c}"
+                   for t, cols in REQUIRED_COLUMNS.items() for c in cols
+                   if t not in found or c not in found[t]]
+        if missing:
+            # One entry per table is enough when the whole table is missing.
+            raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
+
+    def _read(self, sql: str, schema: dict) -> pl.DataFrame:
+        try:
+            frame = cx.read_sql(self._cx_url, sql, return_type="polars", pre_execution_query=self._pre_execution)
+        except Exception as exc:  # connectorx raises RuntimeError for database errors
+            raise self._translate(str(exc)) from None
+        return frame.cast(schema)
+
+    def campaign(self, campaign_id: str) -> CampaignInfo | None:
+        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, completed_at "
+                          f"FROM campaigns WHERE id = '{campaign_id}'")
+        return CampaignInfo(*rows[0][:5], _as_utc(rows[0][5])) if rows else None
+
+    def campaign_ids(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT id::text FROM campaigns ORDER BY created_at, id")]
+
+    def questions(self, campaign_id: str) -> list[tuple[int, str]]:
+        return [(int(p), t) for p, t in self._rows(
+            f"SELECT position, prompt FROM survey_questions WHERE campaign_id = '{campaign_id}' ORDER BY position")]
+
+    @staticmethod
+    def _contact_filter(campaign_id: str, options: ExportOptions) -> str:
+        where = f"c.campaign_id = '{campaign_id}'"
+        if options.states is not None:
+            where += f" AND c.state IN ({_in_list(list(options.states))})"
+        if options.updated_from is not None:
+            where += f" AND c.updated_at >= '{options.updated_from.isoformat()}'::timestamptz"
+        if options.updated_to is not None:
+            where += f" AND c.updated_at < '{options.updated_to.isoformat()}'::timestamptz"
+        return where
+
+    def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
+        return self._rows(f"SELECT count(*) FROM contacts c WHERE {self._contact_filter(campaign_id, options)}")[0][0]
+
+    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
+        sql = ("SELECT c.id::text AS id, c.external_contact_id, c.name, c.business_name, c.phone_number, "
+               "c.state, c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at "
+               f"FROM contacts c WHERE {self._contact_filter(campaign_id, options)} ORDER BY c.created_at, c.id")
+        try:
+            reader = cx.read_sql(self._cx_url, sql, return_type="arrow_stream", batch_size=options.batch_size,
+                                 pre_execution_query=self._pre_execution)
+            for batch in reader:
+                if batch.num_rows:
+                    yield pl.from_arrow(batch).cast(CONTACTS_SCHEMA)
+        except Exception as exc:
+            raise self._translate(str(exc)) from None
+
+    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        if not contact_ids:
+            return pl.DataFrame(schema=ATTEMPTS_SCHEMA)
+        frame = self._read(
+            "SELECT a.id::text AS id, a.contact_id::text AS contact_id, a.campaign_id::text AS campaign_id, "
+            "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
+            "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
+            "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
+            "CASE WHEN a.transcript IS NULL THEN NULL "
+            "     WHEN jsonb_typeof(a.transcript) <> 'object' THEN 'not_object' "
+            "     WHEN NOT (a.transcript ? 'text') THEN 'no_text' "
+            "     WHEN jsonb_typeof(a.transcript -> 'text') <> 'string' THEN 'text_not_string' "
+            "     ELSE 'ok' END AS transcript_kind, "
+            "CASE WHEN jsonb_typeof(a.transcript -> 'text') = 'string' AND jsonb_typeof(a.transcript) = 'object' "
+            "     THEN left(a.transcript ->> 'text', 100) END AS transcript_summary "
+            f"FROM call_attempts a WHERE a.contact_id = ANY('{{{','.join(contact_ids)}}}'::uuid[])",
+            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String})
+        return _reject_nan_costs(frame)
+
+    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        if not contact_ids:
+            return pl.DataFrame(schema=ANSWERS_SCHEMA)
+        return self._read(
+            "SELECT r.contact_id::text AS contact_id, r.campaign_id::text AS campaign_id, "
+            "r.question_position::int8 AS position, r.answer FROM survey_responses r "
+            f"WHERE r.contact_id = ANY('{{{','.join(contact_ids)}}}'::uuid[])", ANSWERS_SCHEMA)
+
+    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
+        (attempts, answers), = self._rows(
+            "SELECT (SELECT count(*) FROM call_attempts a WHERE a.campaign_id = '{0}' AND NOT EXISTS "
+            "        (SELECT 1 FROM contacts c WHERE c.id = a.contact_id AND c.campaign_id = a.campaign_id)), "
+            "       (SELECT count(*) FROM survey_responses r WHERE r.campaign_id = '{0}' AND NOT EXISTS "
+            "        (SELECT 1 FROM contacts c WHERE c.id = r.contact_id AND c.campaign_id = r.campaign_id))"
+            .format(campaign_id))
+        return {"attempts_other_campaign": attempts, "answers_other_campaign": answers}
+
+    def fingerprint(self, campaign_id: str) -> dict:
+        row, = self._rows(
+            "SELECT (SELECT updated_at FROM campaigns WHERE id = '{0}'), "
+            "c.n, c.m, a.n, a.m, r.n, r.m, (SELECT count(*) FROM survey_questions WHERE campaign_id = '{0}') "
+            "FROM (SELECT count(*) n, max(updated_at) m FROM contacts WHERE campaign_id = '{0}') c, "
+            "(SELECT count(*) n, max(coalesce(ended_at, started_at)) m FROM call_attempts "
+            " WHERE campaign_id = '{0}') a, "
+            "(SELECT count(*) n, max(answered_at) m FROM survey_responses WHERE campaign_id = '{0}') r"
+            .format(campaign_id))
+        return _pg_timestamp_fields(row)
+
+
+def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:
+    """A NaN amount cannot be written as money: fail naming the attempt (SPEC section 3)."""
+    bad = frame.filter(pl.col("nan_cost_id").is_not_null())
+    if bad.height:
+        raise SourceSchemaError(
+            f"call_attempts.cost_usd is NaN for attempt {bad['nan_cost_id'][0]}: money must be a number")
+    return frame.drop("nan_cost_id")
+
+
+# --------------------------------------------------------------------------------------------- SQLite
+
+def _canonical_uuid_expr(column: str) -> pl.Expr:
+    """SQLite stores uuids as text in any case and with or without hyphens."""
+    hexed = pl.col(column).str.strip_chars().str.to_lowercase().str.replace_all("-", "")
+    return (hexed.str.slice(0, 8) + "-" + hexed.str.slice(8, 4) + "-" + hexed.str.slice(12, 4) + "-"
+            + hexed.str.slice(16, 4) + "-" + hexed.str.slice(20, 12)).alias(column)
+
+
+def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: str) -> pl.DataFrame:
+    """Parse ISO 8601 text into UTC instants; a value without an offset is UTC."""
+    exprs = []
+    for column in columns:
+        text = pl.col(column).str.strip_chars().str.replace("Z$", "+00:00").str.replace(" ", "T")
+        with_offset = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", strict=False)
+        naive = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
+        date_only = text.str.to_datetime("%Y-%m-%d", time_unit="us", strict=False)
+        exprs.append(pl.coalesce(with_offset.dt.convert_time_zone("UTC"), naive.dt.replace_time_zone("UTC"),
+                                 date_only.dt.replace_time_zone("UTC")).alias(column))
+    parsed = frame.with_columns(exprs)
+    for column in columns:
+        bad = frame.filter(parsed[column].is_null() & frame[column].is_not_null())
+        if bad.height:
+            raise SourceSchemaError(f"unparseable timestamp {bad[column][0]!r} in {table}.{column} "
+                                    f"(row id {bad[id_column][0]})")
+    return parsed
+
+
+def _money_units(text: str | None, row_id: str) -> int | None:
+    """SQLite money (TEXT or REAL) as ten-thousandths, rounded half-up to 4 places, exactly."""
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise SourceSchemaError(f"call_attempts.cost_usd {text!r} is not a number (row id {row_id})") from None
+    if not value.is_finite():
+        raise SourceSchemaError(f"call_attempts.cost_usd is {text} for attempt {row_id}: money must be a number")
+    return int((value * 10000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+class SqliteSource(SourceReader):
+    """The embedded demo source. Campaign-sized reads are held in memory (demo scale)."""
+
+    def __init__(self, url: str):
+        path = unquote(urlsplit(url).path)
+        self._cx_url = f"sqlite://{path}"
+        try:
+            self._session = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self._session.execute("BEGIN")
+            self._check_schema()  # the first read takes the shared lock that keeps writers out
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"cannot open SQLite source {path}: {exc}") from None
+        self.snapshot_time = datetime.now(timezone.utc)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _rows(self, sql: str) -> list[tuple]:
+        try:
+            return self._session.execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceSchemaError(f"source schema: {exc}") from None
+
+    def _check_schema(self) -> None:
+        missing = []
+        for table, columns in REQUIRED_COLUMNS.items():
+            present = {r[1] for r in self._session.execute(f"PRAGMA table_info({table})").fetchall()}
+            if not present:
+                missing.append(f"table {table}")
+            else:
+                missing.extend(f"column {table}.{c}" for c in columns if c not in present)
+        if missing:
+            raise SourceSchemaError("source schema: missing " + ", ".join(missing))
+
+    def _read_text(self, sql: str, columns: list[str]) -> pl.DataFrame:
+        """connectorx infers SQLite types from the first row, so every column is read as TEXT."""
+        try:
+            frame = cx.read_sql(self._cx_url, sql, return_type="polars")
+        except Exception as exc:
+            raise SourceSchemaError(f"source read failed: {exc}") from None
+        if frame.is_empty():
+            return pl.DataFrame(schema={c: pl.String for c in columns})
+        return frame.cast({c: pl.String for c in columns})
+
+    def campaign(self, campaign_id: str) -> CampaignInfo | None:
+        rows = self._rows("SELECT id, name, assistant_name, status, owner_email, completed_at FROM campaigns "
+                          f"WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
+        if not rows:
+            return None
+        _, name, assistant, status, email, completed = rows[0]
+        completed_at = parse_iso_timestamp(completed, "campaigns", "completed_at", campaign_id) if completed else None
+        return CampaignInfo(campaign_id, name, assistant, status, email, completed_at)
+
+    def campaign_ids(self) -> list[str]:
+        rows = self._rows("SELECT id FROM campaigns")
+        return pl.DataFrame({"id": [r[0] for r in rows]}, schema={"id": pl.String}).select(
+            _canonical_uuid_expr("id"))["id"].to_list()
+
+    def _where_campaign(self, alias: str, campaign_id: str) -> str:
+        return f"lower(replace({alias}.campaign_id, '-', '')) = '{campaign_id.replace('-', '')}'"
+
+    def questions(self, campaign_id: str) -> list[tuple[int, str]]:
+        return [(int(p), t) for p, t in self._rows(
+            f"SELECT CAST(q.position AS INTEGER), q.prompt FROM survey_questions q "
+            f"WHERE {self._where_campaign('q', campaign_id)} ORDER BY 1")]
+
+    def _contacts(self, campaign_id: str, options: ExportOptions) -> pl.DataFrame:
+        columns = ["id", "external_contact_id", "name", "business_name", "phone_number", "state", "attempt_count",
+                   "last_attempt_at", "completed_at", "created_at", "updated_at"]
+        where = self._where_campaign("c", campaign_id)
+        if options.states is not None:
+            where += f" AND c.state IN ({_in_list(list(options.states))})"
+        frame = self._read_text(
+            "SELECT " + ", ".join(f"CAST(c.{col} AS TEXT) AS {col}" for col in columns)
+            + f" FROM contacts c WHERE {where}", columns)
+        frame = _timestamps(frame.with_columns(_canonical_uuid_expr("id")), "contacts",
+                            ["last_attempt_at", "completed_at", "created_at", "updated_at"], "id")
+        if options.updated_from is not None:
+            frame = frame.filter(pl.col("updated_at") >= options.updated_from)
+        if options.updated_to is not None:
+            frame = frame.filter(pl.col("updated_at") < options.updated_to)
+        return frame.drop("updated_at").cast(CONTACTS_SCHEMA).sort("created_at", "id")
+
+    def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
+        return self._contacts(campaign_id, options).height
+
+    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
+        contacts = self._contacts(campaign_id, options)
+        for offset in range(0, contacts.height, options.batch_size):
+            yield contacts.slice(offset, options.batch_size)
+
+    def _ids_clause(self, alias: str, contact_ids: list[str]) -> str:
+        return f"lower(replace({alias}.contact_id, '-', '')) IN ({_in_list([c.replace('-', '') for c in contact_ids])})"
+
+    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        columns = ["id", "contact_id", "campaign_id", "attempt_number", "status", "started_at", "ended_at",
+                   "ended_reason", "cost_text", "recording_url", "transcript_kind", "transcript_summary"]
+        t = "a.transcript"
+        frames = []
+        for chunk in _chunks(contact_ids, 5_000):
+            frames.append(self._read_text(
+                "SELECT CAST(a.id AS TEXT) AS id, CAST(a.contact_id AS TEXT) AS contact_id, "
+                "CAST(a.campaign_id AS TEXT) AS campaign_id, CAST(a.attempt_number AS TEXT) AS attempt_number, "
+                "CAST(a.status AS TEXT) AS status, CAST(a.started_at AS TEXT) AS started_at, "
+                "CAST(a.ended_at AS TEXT) AS ended_at, CAST(a.ended_reason AS TEXT) AS ended_reason, "
+                "CAST(a.cost_usd AS TEXT) AS cost_text, CAST(a.recording_url AS TEXT) AS recording_url, "
+                f"CASE WHEN {t} IS NULL THEN NULL WHEN NOT json_valid({t}) THEN 'invalid_json' "
+                f"     WHEN json_type({t}) <> 'object' THEN 'not_object' "
+                f"     WHEN json_type({t}, '$.text') IS NULL THEN 'no_text' "
+                f"     WHEN json_type({t}, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END "
+                "  AS transcript_kind, "
+                f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'object' "
+                f"     AND json_type({t}, '$.text') = 'text' THEN substr(json_extract({t}, '$.text'), 1, 100) END END "
+                "  AS transcript_summary "
+                f"FROM call_attempts a WHERE {self._ids_clause('a', chunk)}", columns))
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in columns})
+        frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"),
+                                   _canonical_uuid_expr("campaign_id"))
+        frame = _timestamps(frame, "call_attempts", ["started_at", "ended_at"], "id")
+        units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"])]
+        return frame.with_columns(pl.Series("cost_units", units, dtype=pl.Int64)).select(
+            list(ATTEMPTS_SCHEMA)).cast(ATTEMPTS_SCHEMA)
+
+    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
+        columns = list(ANSWERS_SCHEMA)
+        frames = [self._read_text(
+            "SELECT CAST(r.contact_id AS TEXT) AS contact_id, CAST(r.campaign_id AS TEXT) AS campaign_id, "
+            "CAST(r.question_position AS TEXT) AS position, CAST(r.answer AS TEXT) AS answer "
+            f"FROM survey_responses r WHERE {self._ids_clause('r', chunk)}", columns)
+            for chunk in _chunks(contact_ids, 5_000)]
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in columns})
+        return frame.with_columns(_canonical_uuid_expr("contact_id"), _canonical_uuid_expr("campaign_id")).cast(
+            ANSWERS_SCHEMA)
+
+    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
+        counts = {}
+        for kind, table, alias in (("attempts_other_campaign", "call_attempts", "a"),
+                                   ("answers_other_campaign", "survey_responses", "r")):
+            counts[kind] = self._rows(
+                f"SELECT count(*) FROM {table} {alias} WHERE {self._where_campaign(alias, campaign_id)} "
+                f"AND NOT EXISTS (SELECT 1 FROM contacts c WHERE lower(replace(c.id, '-', '')) = "
+                f"lower(replace({alias}.contact_id, '-', '')) AND {self._where_campaign('c', campaign_id)})")[0][0]
+        return counts
+
+    def fingerprint(self, campaign_id: str) -> dict:
+        def latest(table: str, column: str, alias: str, id_column: str = "id") -> tuple[int, str | None]:
+            rows = self._rows(f"SELECT CAST({column} AS TEXT), {id_column} FROM {table} {alias} "
+                              f"WHERE {self._where_campaign(alias, campaign_id)}")
+            instants = [parse_iso_timestamp(v, table, column, str(i)) for v, i in rows if v is not None]
+            return len(rows), (max(instants).isoformat() if instants else None)
+
+        campaign_updated = self._rows("SELECT updated_at FROM campaigns "
+                                      f"WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
+        contacts = latest("contacts", "updated_at", "c")
+        attempts = latest("call_attempts", "coalesce(ended_at, started_at)", "a")
+        answers = latest("survey_responses", "answered_at", "r", "contact_id")
+        questions = len(self.questions(campaign_id))
+        updated = campaign_updated[0][0] if campaign_updated else None
+        return {
+            "campaign_updated_at": parse_iso_timestamp(updated, "campaigns", "updated_at", campaign_id).isoformat()
+            if updated else None,
+            "contacts_count": contacts[0], "contacts_max_updated_at": contacts[1],
+            "attempts_count": attempts[0], "attempts_max_time": attempts[1],
+            "answers_count": answers[0], "answers_max_answered_at": answers[1],
+            "questions_count": questions,
+        }
+
+
+def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

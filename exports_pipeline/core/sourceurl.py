@@ -1,0 +1,55 @@
+"""Source and destination settings from the environment, with the embedded demo as the default."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from exports_pipeline.core.errors import ConfigurationError
+
+SOURCE_ENV = "EXPORTS_SOURCE_URL"
+DESTINATION_ENV = "EXPORTS_DESTINATION"
+DEMO_DIR_ENV = "EXPORTS_DEMO_DIR"
+
+
+@dataclass(frozen=True)
+class Locations:
+    source_url: str
+    destination: str
+    is_demo: bool
+
+
+def demo_locations(demo_dir: str | os.PathLike) -> Locations:
+    base = Path(demo_dir).resolve()
+    return Locations(f"sqlite:///{base / 'source.sqlite'}", str(base / "exports"), True)
+
+
+def resolve_locations(environ: dict | None = None) -> Locations:
+    """Both variables set: production. Neither: the embedded demo (./demo). One: refuse, naming the other."""
+    env = os.environ if environ is None else environ
+    source, destination = env.get(SOURCE_ENV, "").strip(), env.get(DESTINATION_ENV, "").strip()
+    if source and destination:
+        return Locations(source, destination, False)
+    if not source and not destination:
+        return demo_locations(env.get(DEMO_DIR_ENV) or "demo")
+    missing = SOURCE_ENV if not source else DESTINATION_ENV
+    present = DESTINATION_ENV if not source else SOURCE_ENV
+    raise ConfigurationError(
+        f"{missing} is not set while {present} is: set both (production) or neither (embedded demo)")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs, metadata and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def redact_text(text: str, url: str) -> str:
+    """Remove the URL's password from a message (drivers may echo connection strings)."""
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text

@@ -1,0 +1,73 @@
+"""Turn one batch of contacts, with their attempts and answers, into export rows (native types).
+
+Batches are whole contacts, so every rule here (latest attempt, totals, answers) is per contact and
+the result does not depend on the batch size. Money stays in exact integer ten-thousandths and
+durations in integer milliseconds until a writer formats them.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import polars as pl
+
+from exports_pipeline.core.source import CampaignInfo
+
+ANOMALY_KINDS = (
+    "attempts_other_campaign", "answers_other_campaign", "answers_out_of_range",
+    "transcript_not_object", "transcript_text_not_string", "transcript_invalid_json",
+)
+_TRANSCRIPT_ANOMALIES = {"not_object": "transcript_not_object", "text_not_string": "transcript_text_not_string",
+                         "invalid_json": "transcript_invalid_json"}
+
+
+def latest_attempts(attempts: pl.DataFrame) -> pl.DataFrame:
+    """Highest attempt_number; ties: later started_at (null counts earlier), then greater id."""
+    ordered = attempts.sort(["contact_id", "attempt_number", "started_at", "id"],
+                            descending=[False, True, True, True], nulls_last=True)
+    return ordered.unique(subset="contact_id", keep="first", maintain_order=True)
+
+
+def build_batch(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.DataFrame, answers: pl.DataFrame,
+                question_count: int) -> tuple[pl.DataFrame, Counter]:
+    """Export rows for these contacts, in their order, plus the row anomalies met on the way."""
+    anomalies: Counter = Counter()
+    own_attempts = attempts.filter(pl.col("campaign_id") == campaign.id)
+    anomalies["attempts_other_campaign"] += attempts.height - own_attempts.height
+    for kind, count in own_attempts.group_by("transcript_kind").len().iter_rows():
+        if kind in _TRANSCRIPT_ANOMALIES:
+            anomalies[_TRANSCRIPT_ANOMALIES[kind]] += count
+
+    own_answers = answers.filter(pl.col("campaign_id") == campaign.id)
+    anomalies["answers_other_campaign"] += answers.height - own_answers.height
+    in_range = own_answers.filter(pl.col("position").is_between(1, question_count))
+    anomalies["answers_out_of_range"] += own_answers.height - in_range.height
+
+    latest = latest_attempts(own_attempts).select(
+        "contact_id",
+        pl.col("status").alias("call_status"),
+        pl.col("started_at").alias("call_started_at"),
+        pl.col("ended_at").alias("call_ended_at"),
+        (pl.col("ended_at").dt.epoch("ms") - pl.col("started_at").dt.epoch("ms")).alias("call_duration_ms"),
+        "ended_reason",
+        pl.col("cost_units").alias("call_cost_units"),
+        "recording_url",
+        "transcript_summary",
+    )
+    totals = own_attempts.group_by("contact_id").agg(
+        pl.when(pl.col("cost_units").count() > 0).then(pl.col("cost_units").sum()).alias("total_cost_units"))
+    frame = (
+        contacts.rename({"id": "contact_id", "state": "outcome"})
+        .join(latest, on="contact_id", how="left", maintain_order="left")
+        .join(totals, on="contact_id", how="left", maintain_order="left")
+    )
+    if question_count:
+        pivot = in_range.group_by("contact_id").agg(
+            pl.col("answer").filter(pl.col("position") == k).first().alias(f"q{k}_answer")
+            for k in range(1, question_count + 1))
+        frame = frame.join(pivot, on="contact_id", how="left", maintain_order="left")
+    frame = frame.with_columns(
+        pl.lit(campaign.id, pl.String).alias("campaign_id"),
+        pl.lit(campaign.name, pl.String).alias("campaign_name"),
+        pl.lit(campaign.assistant_name, pl.String).alias("assistant_name"),
+    )
+    return frame, anomalies

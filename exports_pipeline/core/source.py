@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import connectorx as cx
 import polars as pl
@@ -25,7 +25,7 @@ from exports_pipeline.core.errors import (
     SourceUnavailableError,
 )
 from exports_pipeline.core.options import ExportOptions
-from exports_pipeline.core.sourceurl import redact_text, redact_url
+from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
 APPLICATION_NAME = "exports-pipeline"
 UTC_US = pl.Datetime("us", "UTC")
@@ -163,8 +163,10 @@ class PostgresSource(SourceReader):
                                             options=f"-c statement_timeout={self._timeout} "
                                                     "-c default_transaction_read_only=on")
         except psycopg.Error as exc:
-            raise SourceUnavailableError(
-                f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}") from None
+            message = f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}"
+            # A wrong password or database name will not fix itself: no retry for those.
+            permanent = any(s in message for s in ("does not exist", "authentication failed", "no password"))
+            raise (ConfigurationError if permanent else SourceUnavailableError)(message) from None
         try:
             self._session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot_id, taken_at = self._session.execute(
@@ -364,7 +366,9 @@ class SqliteSource(SourceReader):
     """The embedded demo source. Campaign-sized reads are held in memory (demo scale)."""
 
     def __init__(self, url: str):
-        path = unquote(urlsplit(url).path)
+        path = sqlite_path(url).resolve()
+        if not path.is_file():
+            raise ConfigurationError(f"SQLite source {path} does not exist (`exports-pipeline demo` creates the demo)")
         self._cx_url = f"sqlite://{path}"
         try:
             self._session = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)

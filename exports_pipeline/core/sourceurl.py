@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from exports_pipeline.core.errors import ConfigurationError
 
@@ -39,6 +39,11 @@ def resolve_locations(environ: dict | None = None) -> Locations:
         f"{missing} is not set while {present} is: set both (production) or neither (embedded demo)")
 
 
+def sqlite_path(url: str) -> Path:
+    """sqlite:///relative/path or sqlite:////absolute/path (the SQLAlchemy convention)."""
+    return Path(unquote(url.removeprefix("sqlite:///")))
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced, safe for logs, metadata and errors."""
     parts = urlsplit(url)
@@ -52,4 +57,6 @@ def redact_url(url: str) -> str:
 def redact_text(text: str, url: str) -> str:
     """Remove the URL's password from a message (drivers may echo connection strings)."""
     password = urlsplit(url).password
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    return text.replace(password, "***").replace(unquote(password), "***")

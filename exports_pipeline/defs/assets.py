@@ -1,0 +1,82 @@
+"""The export multi_asset: one read of a campaign's snapshot materializes its files together."""
+import dagster as dg
+
+from exports_pipeline.core.errors import ExportError, SourceUnavailableError
+from exports_pipeline.core.export import PublishedExport, StagedExport, publish_export, stage_export
+from exports_pipeline.defs.checks import CSV_KEY, check_results, check_specs
+from exports_pipeline.defs.config import ExportRunConfig
+from exports_pipeline.defs.partitions import campaigns_partitions
+from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+
+PARQUET_KEY = dg.AssetKey("campaign_results_parquet")
+FORMAT_KEYS = {"csv": CSV_KEY, "parquet": PARQUET_KEY}
+SOURCE_POOL = "source_database"
+
+# Transient source failures (connection lost, timeouts) are retried with backoff; bad input and
+# schema errors are raised as dg.Failure(allow_retries=False) and fail at once.
+SOURCE_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=3, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _markdown_preview(staged: StagedExport) -> str:
+    def cell(value) -> str:
+        text = "" if value is None else str(value)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
+
+    frame = staged.preview
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)
+
+
+def _file_metadata(staged: StagedExport, published: PublishedExport, destination, fmt: str) -> dict:
+    record = next(f for f in published.manifest["files"] if f["format"] == fmt)
+    return {
+        "rows": record["rows"],
+        "dagster/row_count": record["rows"],
+        "bytes": record["bytes"],
+        "sha256": record["sha256"],
+        "location": dg.MetadataValue.path(destination.location(published.file_keys[fmt])),
+        "snapshot": published.snapshot,
+        "manifest": dg.MetadataValue.path(destination.location(published.manifest_key)),
+        "latest_moved": published.latest_moved,
+        "anomalies": dg.MetadataValue.json(staged.anomalies),
+        "preview": dg.MetadataValue.md(_markdown_preview(staged)),
+    }
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(CSV_KEY, description="The campaign's results as CSV (one row per contact).",
+                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
+                     kinds={"csv", "s3"}),
+        dg.AssetSpec(PARQUET_KEY, description="The campaign's results as Parquet (native types).",
+                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
+                     kinds={"parquet", "s3"}),
+    ],
+    check_specs=check_specs,
+    partitions_def=campaigns_partitions,
+    pool=SOURCE_POOL,
+    retry_policy=SOURCE_RETRY_POLICY,
+)
+def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase,
+                    destination: ExportDestination):
+    """Export one campaign partition from one source snapshot and publish it as an immutable snapshot."""
+    campaign_id = context.partition_key
+    try:
+        options = config.to_options()
+        target = destination.open()
+        with stage_export(source.url, campaign_id, options, context.run_id,
+                          statement_timeout_ms=source.statement_timeout_ms) as staged:
+            # Check results come first: a failed blocking check is recorded, then publication refuses.
+            yield from check_results(staged.checks)
+            published = publish_export(staged, target)
+    except SourceUnavailableError:
+        raise  # transient: the retry policy tries again
+    except ExportError as exc:
+        raise dg.Failure(description=f"export of campaign {campaign_id} failed: {exc}", allow_retries=False) \
+            from None
+    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {published.snapshot}"
+                     + ("" if published.latest_moved else " (latest.json not moved)"))
+    for fmt in options.formats:
+        yield dg.MaterializeResult(asset_key=FORMAT_KEYS[fmt],
+                                   metadata=_file_metadata(staged, published, target, fmt))

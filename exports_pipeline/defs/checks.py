@@ -1,0 +1,23 @@
+"""Blocking publication checks (SPEC section 6), computed during the export, before anything is published."""
+from __future__ import annotations
+
+import dagster as dg
+
+from exports_pipeline.core.export import CheckOutcome
+
+CSV_KEY = dg.AssetKey("campaign_results_csv")
+BLOCKING_CHECKS = {
+    "row_count_matches_source": "Rows written equal the contacts selected in the same source snapshot.",
+    "contact_id_unique": "Each contact appears once in the export.",
+    "header_matches_spec": "The header is the SPEC section 3 column list for the options used.",
+}
+
+check_specs = [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking=True)
+               for name, text in BLOCKING_CHECKS.items()]
+
+
+def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
+    return [dg.AssetCheckResult(asset_key=CSV_KEY, check_name=o.name, passed=o.passed,
+                                severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
+                                metadata={k: dg.MetadataValue.text(str(v)) for k, v in o.metadata.items()})
+            for o in outcomes]

@@ -399,14 +399,16 @@ class SqliteSource(SourceReader):
             raise SourceSchemaError("source schema: missing " + ", ".join(missing))
 
     def _read_text(self, sql: str, columns: list[str]) -> pl.DataFrame:
-        """connectorx infers SQLite types from the first row, so every column is read as TEXT."""
+        """connectorx infers SQLite types from the first row (and fails on a NULL there), so every
+        column is cast to TEXT and a first row of empty strings, dropped afterwards, fixes the types."""
+        typing_row = ", ".join(f"'' AS {c}" for c in columns)
+        wrapped = (f"SELECT 1 AS typing_row, {typing_row} UNION ALL "
+                   f"SELECT 0, {', '.join('q.' + c for c in columns)} FROM ({sql}) q")
         try:
-            frame = cx.read_sql(self._cx_url, sql, return_type="polars")
+            frame = cx.read_sql(self._cx_url, wrapped, return_type="polars")
         except Exception as exc:
             raise SourceSchemaError(f"source read failed: {exc}") from None
-        if frame.is_empty():
-            return pl.DataFrame(schema={c: pl.String for c in columns})
-        return frame.cast({c: pl.String for c in columns})
+        return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
         rows = self._rows("SELECT id, name, assistant_name, status, owner_email, completed_at FROM campaigns "

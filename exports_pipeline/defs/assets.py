@@ -65,7 +65,7 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     try:
         options = config.to_options()
         target = destination.open()
-        with stage_export(source.url, campaign_id, options, context.run_id,
+        with stage_export(source.url, campaign_id, options, context.run.run_id,
                           statement_timeout_ms=source.statement_timeout_ms) as staged:
             # Check results come first: a failed blocking check is recorded, then publication refuses.
             yield from check_results(staged.checks)

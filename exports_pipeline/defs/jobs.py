@@ -2,11 +2,9 @@
 import dagster as dg
 
 from exports_pipeline.defs.assets import campaign_export
-from exports_pipeline.defs.partitions import campaigns_partitions
 
 export_campaign_job = dg.define_asset_job(
     "export_campaign",
     selection=dg.AssetSelection.assets(campaign_export),
-    partitions_def=campaigns_partitions,
     description="Export one campaign partition to a new snapshot (CSV, Parquet, stats, manifest, latest.json).",
 )

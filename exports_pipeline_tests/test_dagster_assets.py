@@ -1,0 +1,80 @@
+"""The Dagster layer: dg.materialize with dg.instance_for_test() on the real PostgreSQL source."""
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from exports_pipeline.definitions import defs
+from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline_tests import awkward
+from exports_pipeline_tests.awkward import C1
+
+
+@pytest.fixture
+def resources(pg_url, tmp_path):
+    awkward.load(pg_url)
+    return {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "exports"))}
+
+
+def materialize(resources, instance, partition: str, config: dict | None = None):
+    instance.add_dynamic_partitions("campaigns", [partition])
+    return dg.materialize([campaign_export], instance=instance, partition_key=partition, resources=resources,
+                          run_config={"ops": {"campaign_export": {"config": config or {}}}}, raise_on_error=False)
+
+
+def test_definitions_load_with_the_spec_names():
+    assert {str(k.to_user_string()) for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {
+        "campaign_results_csv", "campaign_results_parquet"}
+    assert defs.resolve_job_def("export_campaign").partitions_def.name == "campaigns"
+
+
+def test_materialization_metadata_and_checks(resources, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = materialize(resources, instance, C1)
+        assert result.success
+        by_key = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("campaign_export")}
+        csv_meta = by_key["campaign_results_csv"]
+        assert csv_meta["rows"].value == 4 and csv_meta["dagster/row_count"].value == 4
+        location = csv_meta["location"].value
+        assert location.startswith(str(tmp_path / "exports" / f"campaign_id={C1}"))
+        with open(location, "rb") as handle:
+            assert handle.read() == awkward.expected_csv()
+        assert len(csv_meta["sha256"].value) == 64
+        assert "| campaign_id |" in csv_meta["preview"].value
+        assert csv_meta["anomalies"].value == awkward.EXPECTED_ANOMALIES
+        checks = result.get_asset_check_evaluations()
+        assert {c.check_name for c in checks} == {"row_count_matches_source", "contact_id_unique",
+                                                   "header_matches_spec"}
+        assert all(c.passed for c in checks)
+        latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
+        assert latest["snapshot"] == csv_meta["snapshot"].value
+        assert latest["snapshot"].endswith(result.run_id[:8])
+
+
+def test_unknown_campaign_partition_fails_naming_it_and_writes_nothing(resources, tmp_path):
+    unknown = "d0000000-0000-4000-8000-000000000000"
+    with dg.instance_for_test() as instance:
+        result = materialize(resources, instance, unknown)
+        assert not result.success
+        assert unknown in result.failure_data_for_node("campaign_export").error.message
+        assert not (tmp_path / "exports").exists()
+
+
+def test_invalid_run_option_fails_before_any_work(resources, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = materialize(resources, instance, C1, {"states": ["finished"]})
+        assert not result.success
+        message = result.failure_data_for_node("campaign_export").error.message
+        assert "option states: finished" in message and "terminal" in message
+        assert not (tmp_path / "exports").exists()
+
+
+def test_parquet_only_run_materializes_only_parquet(resources):
+    with dg.instance_for_test() as instance:
+        result = materialize(resources, instance, C1, {"formats": ["parquet"]})
+        assert result.success
+        keys = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("campaign_export")]
+        assert keys == ["campaign_results_parquet"]

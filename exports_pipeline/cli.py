@@ -12,7 +12,7 @@ from pathlib import Path
 
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
-from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, FORMATS
+from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import (
     DESTINATION_ENV,
@@ -42,7 +42,7 @@ def _use_locations(locations: Locations) -> None:
 
 
 def run_config_for(args: argparse.Namespace) -> dict:
-    config = {"formats": args.format or list(FORMATS), "bom": not args.no_bom,
+    config = {"formats": args.format or list(DEFAULT_FORMATS), "bom": not args.no_bom,
               "formula_guard": not args.no_formula_guard, "batch_size": args.batch_size}
     if args.states:
         config["states"] = args.states
@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed_source(locations.source_url, contacts=DEMO_CONTACTS, campaigns=DEMO_CAMPAIGNS, seed=1)
     with open_source(locations.source_url) as source:
         campaign_ids = source.campaign_ids()
-    config = {"formats": list(FORMATS)}
+    config = {"formats": list(DEFAULT_FORMATS)}
     for cid in campaign_ids:
         for location in export_through_dagster(locations, cid, config, "demo"):
             print(location)

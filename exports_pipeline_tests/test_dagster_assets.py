@@ -45,10 +45,9 @@ def test_materialization_metadata_and_checks(resources, tmp_path):
         assert len(csv_meta["sha256"].value) == 64
         assert "| campaign_id |" in csv_meta["preview"].value
         assert csv_meta["anomalies"].value == awkward.EXPECTED_ANOMALIES
-        checks = result.get_asset_check_evaluations()
-        assert {c.check_name for c in checks} == {"row_count_matches_source", "contact_id_unique",
-                                                   "header_matches_spec"}
-        assert all(c.passed for c in checks)
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {"row_count_matches_source": True, "contact_id_unique": True, "header_matches_spec": True,
+                          "no_row_anomalies": False, "phone_numbers_e164": False}
         latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
         assert latest["snapshot"] == csv_meta["snapshot"].value
         assert latest["snapshot"].endswith(result.run_id[:8])
@@ -77,4 +76,4 @@ def test_parquet_only_run_materializes_only_parquet(resources):
         result = materialize(resources, instance, C1, {"formats": ["parquet"]})
         assert result.success
         keys = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("campaign_export")]
-        assert keys == ["campaign_results_parquet"]
+        assert keys == ["campaign_results_parquet", "campaign_stats"]  # stats come with every export

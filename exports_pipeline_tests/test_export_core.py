@@ -48,7 +48,10 @@ def test_csv_is_byte_for_byte_the_hand_written_expectation(awkward_pg):
     csv_bytes, _, staged = staged_bytes(awkward_pg)
     assert csv_bytes == awkward.expected_csv()
     assert staged.anomalies == EXPECTED_ANOMALIES
-    assert staged.rows == 4 and all(c.passed for c in staged.checks)
+    assert staged.rows == 4 and not staged.failed_blocking_checks
+    reported = {c.name: c for c in staged.checks if not c.blocking}
+    assert not reported["no_row_anomalies"].passed and reported["no_row_anomalies"].metadata == EXPECTED_ANOMALIES
+    assert reported["phone_numbers_e164"].metadata == {"not_e164": 3, "share_percent": 75.0}
 
 
 def test_csv_reads_back_with_python_csv_module(awkward_pg):
@@ -123,7 +126,7 @@ def test_empty_campaign_exports_the_header_only(awkward_pg):
     csv_bytes, table, staged = staged_bytes(awkward_pg, campaign=EMPTY)
     assert csv_bytes == ("\ufeff" + ",".join(HEADER[:21]) + "\n").encode()
     assert table.num_rows == 0 and table.column_names == HEADER[:21]
-    assert staged.rows == 0 and all(c.passed for c in staged.checks)
+    assert staged.rows == 0 and all(c.passed for c in staged.checks)  # no rows: nothing to warn about
 
 
 def test_unknown_campaign_fails_naming_the_id(awkward_pg):
@@ -234,7 +237,7 @@ def test_publication_layout_manifest_and_latest(awkward_pg, tmp_path):
     folder = tmp_path / f"campaign_id={C1}" / published.snapshot
     assert published.snapshot.endswith("Z-1a2b3c4d") and len(published.snapshot) == len("20261122T081530.123456Z-1a2b3c4d")
     assert sorted(p.name for p in folder.iterdir()) == ["campaign_results.csv", "campaign_results.parquet",
-                                                       "manifest.json"]
+                                                       "campaign_stats.json", "manifest.json"]
     manifest = json.loads((folder / "manifest.json").read_text())
     for field in ("schema_version", "tool_version", "campaign_id", "run_id", "snapshot", "started_at", "finished_at",
                   "options", "source_fingerprint", "questions", "anomalies", "files"):
@@ -243,7 +246,7 @@ def test_publication_layout_manifest_and_latest(awkward_pg, tmp_path):
     for record in manifest["files"]:
         data = (folder / record["name"]).read_bytes()
         assert record["bytes"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
-        assert record["rows"] == 4
+        assert record["rows"] == (None if record["name"] == "campaign_stats.json" else 4)
     latest = json.loads((tmp_path / f"campaign_id={C1}" / "latest.json").read_text())
     assert latest == {"snapshot": published.snapshot, "manifest": f"campaign_id={C1}/{published.snapshot}/manifest.json"}
     assert not any(p.name.startswith(".partial") for p in folder.iterdir())

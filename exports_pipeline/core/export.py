@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -15,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from exports_pipeline import __version__
 from exports_pipeline.core.destinations import Destination
-from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError
+from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError, InvalidInputError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import ExportOptions, export_columns
 from exports_pipeline.core.publish import (
@@ -30,11 +32,24 @@ from exports_pipeline.core.publish import (
     upload_snapshot,
 )
 from exports_pipeline.core.source import ATTEMPTS_SCHEMA, CONTACTS_SCHEMA, ANSWERS_SCHEMA, open_source
+from exports_pipeline.core.stats import CampaignStats, percentage
+from exports_pipeline.core.summary_pdf import write_summary_pdf
 from exports_pipeline.core.transform import ANOMALY_KINDS, build_batch
-from exports_pipeline.core.writers import CsvWriter, ParquetWriter, csv_frame
+from exports_pipeline.core.writers import (
+    E164,
+    XLSX_MAX_ROWS,
+    CsvWriter,
+    JsonLinesWriter,
+    ParquetWriter,
+    XlsxWriter,
+    csv_frame,
+)
 
 PREVIEW_ROWS = 5
-FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet"}
+FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet", "jsonl": "campaign_results.jsonl",
+              "xlsx": "campaign_results.xlsx", "csv.gz": "campaign_results.csv.gz", "pdf": "campaign_summary.pdf"}
+STATS_FILE = "campaign_stats.json"
+ROW_FORMATS = ("csv", "parquet", "jsonl", "xlsx", "csv.gz")
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class StagedExport:
     checks: list[CheckOutcome]
     preview: pl.DataFrame
     run_id: str
+    stats: dict
 
     @property
     def failed_blocking_checks(self) -> list[CheckOutcome]:
@@ -92,6 +108,21 @@ def _hash_ids(rows: pl.DataFrame) -> pl.Series:
     return rows["contact_id"].hash(seed=0)
 
 
+def _open_writers(folder: Path, options: ExportOptions, columns: list[str], questions: list[tuple[int, str]]):
+    factories = {
+        "csv": lambda path: CsvWriter(path, columns, options.bom, options.formula_guard),
+        "csv.gz": lambda path: CsvWriter(path, columns, options.bom, options.formula_guard, compress=True),
+        "parquet": lambda path: ParquetWriter(path, columns),
+        "jsonl": lambda path: JsonLinesWriter(path, columns),
+        "xlsx": lambda path: XlsxWriter(path, columns, questions),
+    }
+    return {fmt: factories[fmt](folder / FILE_NAMES[fmt]) for fmt in options.formats if fmt in ROW_FORMATS}
+
+
+def _own_attempts(attempts: pl.DataFrame, campaign_id: str) -> pl.DataFrame:
+    return attempts.filter(pl.col("campaign_id") == campaign_id)
+
+
 @contextmanager
 def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_id: str, *,
                  statement_timeout_ms: int = 600_000,
@@ -108,63 +139,86 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         question_count = max((p for p, _ in questions), default=0)
         columns = export_columns(question_count, options.columns)
         expected_rows = source.count_contacts(cid, options)
+        if "xlsx" in options.formats and expected_rows > XLSX_MAX_ROWS:
+            raise InvalidInputError(
+                f"option formats: xlsx holds at most {XLSX_MAX_ROWS:,} rows and campaign {cid} selects "
+                f"{expected_rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts")
         fingerprint = source.fingerprint(cid)
         anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
         anomalies.update(source.misfiled_rows(cid))
 
         folder = Path(staging)
-        writers = {}
-        if "csv" in options.formats:
-            writers["csv"] = CsvWriter(folder / FILE_NAMES["csv"], columns, options.bom, options.formula_guard)
-        if "parquet" in options.formats:
-            writers["parquet"] = ParquetWriter(folder / FILE_NAMES["parquet"], columns)
+        writers = _open_writers(folder, options, columns, questions)
+        stats = CampaignStats(source.snapshot_time)
         id_hashes: list[pl.Series] = []
         preview: pl.DataFrame | None = None
-        rows = 0
+        rows = invalid_phones = 0
         for contacts in source.contact_batches(cid, options):
             ids = contacts["id"].to_list()
-            batch, batch_anomalies = build_batch(campaign, contacts, source.attempts_for(ids),
-                                                 source.answers_for(ids), question_count)
+            attempts = source.attempts_for(ids)
+            batch, batch_anomalies = build_batch(campaign, contacts, attempts, source.answers_for(ids),
+                                                 question_count)
             anomalies.update(batch_anomalies)
+            if options.is_default_selection:
+                stats.add(contacts, _own_attempts(attempts, cid))
             for writer in writers.values():
                 writer.write(batch)
             id_hashes.append(_hash_ids(batch))
+            invalid_phones += int((~contacts["phone_number"].str.contains(E164)).sum())
             if preview is None:
                 preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
             rows += batch.height
             if progress:
                 progress(rows, expected_rows)
+        if not options.is_default_selection:  # the figures always cover the whole campaign
+            for contacts in source.contact_batches(cid, ExportOptions(batch_size=options.batch_size)):
+                stats.add(contacts, _own_attempts(source.attempts_for(contacts["id"].to_list()), cid))
         empty = _empty_rows(question_count, campaign)
         for writer in writers.values():
             writer.close(empty)
         if preview is None:
             preview = csv_frame(empty, columns, options.formula_guard)
 
+        snapshot = snapshot_name(source.snapshot_time, run_id)
+        figures = {"campaign_id": cid, "snapshot": snapshot, **stats.figures()}
         files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
-        checks = _blocking_checks(files, columns, rows, expected_rows, id_hashes, options)
+        if "pdf" in options.formats:
+            write_summary_pdf(folder / FILE_NAMES["pdf"], cid, campaign.name, snapshot, rows, figures)
+            files.append(StagedFile(FILE_NAMES["pdf"], "pdf", folder / FILE_NAMES["pdf"], None))
+        (folder / STATS_FILE).write_text(json.dumps(figures, indent=2))
+        files.append(StagedFile(STATS_FILE, "json", folder / STATS_FILE, None))
+        checks = _blocking_checks(files, columns, rows, expected_rows, id_hashes) + [
+            CheckOutcome("no_row_anomalies", not any(anomalies.values()), False,
+                         "Rows the export set aside or could not read (counted, never fatal).", dict(anomalies)),
+            CheckOutcome("phone_numbers_e164", invalid_phones == 0, False,
+                         "Share of exported phone numbers that are not valid E.164.",
+                         {"not_e164": invalid_phones, "share_percent": percentage(invalid_phones, rows)}),
+        ]
         yield StagedExport(
-            campaign_id=cid, campaign_name=campaign.name, snapshot=snapshot_name(source.snapshot_time, run_id),
+            campaign_id=cid, campaign_name=campaign.name, snapshot=snapshot,
             snapshot_time=source.snapshot_time, started_at=started_at, options=options, columns=columns,
             questions=questions, rows=rows, anomalies=dict(anomalies), fingerprint=fingerprint, files=files,
-            checks=checks, preview=preview, run_id=run_id)
+            checks=checks, preview=preview, run_id=run_id, stats=figures)
 
 
-def _written_header(files: list[StagedFile]) -> list[str]:
+def _written_header(files: list[StagedFile], columns: list[str]) -> list[str]:
     """The header as a reader sees it, read back from the written file."""
     for staged in files:
         if staged.format == "csv":
             with open(staged.path, "rb") as handle:
                 line = handle.readline().decode("utf-8").removeprefix("\ufeff").rstrip("\n")
             return line.split(",")
-    import pyarrow.parquet as pq
-    return pq.read_schema(files[0].path).names
+    for staged in files:
+        if staged.format == "parquet":
+            return pq.read_schema(staged.path).names
+    return columns  # no file with a header (jsonl, xlsx and pdf only): nothing to compare
 
 
 def _blocking_checks(files: list[StagedFile], columns: list[str], rows: int, expected_rows: int,
-                     id_hashes: list[pl.Series], options: ExportOptions) -> list[CheckOutcome]:
+                     id_hashes: list[pl.Series]) -> list[CheckOutcome]:
     all_hashes = pl.concat(id_hashes) if id_hashes else pl.Series([], dtype=pl.UInt64)
     distinct = all_hashes.n_unique()
-    header = _written_header(files)
+    header = _written_header(files, columns)
     return [
         CheckOutcome("row_count_matches_source", rows == expected_rows, True,
                      "Rows written equal the contacts selected in the same snapshot.",

@@ -17,7 +17,7 @@ ANSWER_COLUMN = re.compile(r"^q([1-9][0-9]*)_answer$")
 CONTACT_STATES: tuple[str, ...] = ("pending", "in_progress", "completed", "refused", "not_reached", "excluded")
 TERMINAL_STATES: tuple[str, ...] = ("completed", "refused", "not_reached", "excluded")
 STATE_PRESETS = {"terminal": TERMINAL_STATES}
-FORMATS: tuple[str, ...] = ("csv", "parquet")
+FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl", "xlsx", "csv.gz", "pdf")
 DEFAULT_FORMATS: tuple[str, ...] = ("csv", "parquet")
 DEFAULT_BATCH_SIZE = 100_000
 

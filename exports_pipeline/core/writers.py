@@ -5,6 +5,8 @@ transform.build_batch) and is closed; memory holds one batch at a time.
 """
 from __future__ import annotations
 
+import gzip
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -62,12 +64,14 @@ def csv_frame(rows: pl.DataFrame, columns: list[str], formula_guard: bool) -> pl
 
 
 class CsvWriter:
-    """RFC 4180, LF line ends, null as an empty field and "" for an empty string, optional UTF-8 BOM."""
+    """RFC 4180, LF line ends, null as an empty field and "" for an empty string, optional UTF-8 BOM.
+    With compress, the same bytes gzipped (no timestamp in the gzip header, so exports stay reproducible)."""
 
-    def __init__(self, path: Path, columns: list[str], bom: bool, formula_guard: bool):
+    def __init__(self, path: Path, columns: list[str], bom: bool, formula_guard: bool, compress: bool = False):
         self.path, self.columns, self.bom, self.formula_guard = path, columns, bom, formula_guard
         self.rows = 0
-        self._file = open(path, "wb")
+        self._raw = open(path, "wb")
+        self._file = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="") if compress else self._raw
         self._header_written = False
 
     def write(self, rows: pl.DataFrame) -> None:
@@ -82,6 +86,7 @@ class CsvWriter:
         if not self._header_written:
             self.write(empty_rows)
         self._file.close()
+        self._raw.close()
 
 
 def parquet_schema(columns: list[str]) -> pa.Schema:
@@ -126,3 +131,89 @@ class ParquetWriter:
 
     def close(self, empty_rows: pl.DataFrame) -> None:
         self._writer.close()
+
+
+class JsonLinesWriter:
+    """One JSON object per contact: native values as in Parquet (never guarded); money as exact decimal
+    strings and timestamps as ISO 8601 UTC strings with microseconds, so that no JSON reader rounds them."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns, self.rows = path, columns, 0
+        self._file = open(path, "wb")
+
+    def write(self, rows: pl.DataFrame) -> None:
+        exprs = []
+        for column in self.columns:
+            if column in MONEY_COLUMNS:
+                exprs.append(_fixed_point(pl.col(MONEY_COLUMNS[column][0]), 4).alias(column))
+            elif column == "call_duration_seconds":
+                exprs.append((pl.col("call_duration_ms") / 1000).alias(column))
+            elif column in TIMESTAMP_COLUMNS:
+                exprs.append(pl.col(column).dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ"))
+            else:
+                exprs.append(pl.col(column))
+        if rows.height:
+            rows.select(exprs).write_ndjson(self._file)
+        self.rows += rows.height
+
+    def close(self, empty_rows: pl.DataFrame) -> None:
+        self._file.close()
+
+
+XLSX_MAX_ROWS = 1_048_575  # one sheet holds 1,048,576 rows, the header included
+EXCEL_EPOCH = datetime(1900, 3, 1, tzinfo=timezone.utc)  # Excel's dates before March 1900 are unreliable
+
+
+class XlsxWriter:
+    """A workbook for spreadsheet users: text cells stay text (never formulas, numbers or links),
+    timestamps are real dates in UTC, phone numbers keep their plus; a second sheet lists the questions.
+    Rows are streamed (constant_memory)."""
+
+    def __init__(self, path: Path, columns: list[str], questions: list[tuple[int, str]]):
+        import xlsxwriter
+
+        self.path, self.columns, self.questions, self.rows = path, columns, questions, 0
+        self._book = xlsxwriter.Workbook(str(path), {
+            "constant_memory": True, "strings_to_formulas": False, "strings_to_numbers": False,
+            "strings_to_urls": False, "default_date_format": "yyyy-mm-dd hh:mm:ss.000"})
+        self._book.set_properties({"created": datetime(2000, 1, 1)})  # reproducible bytes
+        self._sheet = self._book.add_worksheet("results")
+        self._formats = {"money": self._book.add_format({"num_format": "0.0000"}),
+                         "seconds": self._book.add_format({"num_format": "0.000"}),
+                         "date": self._book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})}
+        for index, column in enumerate(columns):
+            self._sheet.write_string(0, index, column)
+
+    def _cell(self, row: int, index: int, column: str, value) -> None:
+        if value is None:
+            return
+        if column in TIMESTAMP_COLUMNS:
+            if value >= EXCEL_EPOCH:
+                self._sheet.write_datetime(row, index, value.replace(tzinfo=None), self._formats["date"])
+            else:
+                self._sheet.write_string(row, index, value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+        elif column in MONEY_COLUMNS:
+            self._sheet.write_number(row, index, value / 10_000, self._formats["money"])
+        elif column == "call_duration_seconds":
+            self._sheet.write_number(row, index, value / 1000, self._formats["seconds"])
+        elif column == "attempt_count":
+            self._sheet.write_number(row, index, value)
+        else:
+            self._sheet.write_string(row, index, value)
+
+    def write(self, rows: pl.DataFrame) -> None:
+        sources = [MONEY_COLUMNS[c][0] if c in MONEY_COLUMNS else "call_duration_ms"
+                   if c == "call_duration_seconds" else c for c in self.columns]
+        for values in rows.select(sources).iter_rows():
+            self.rows += 1
+            for index, (column, value) in enumerate(zip(self.columns, values)):
+                self._cell(self.rows, index, column, value)
+
+    def close(self, empty_rows: pl.DataFrame) -> None:
+        sheet = self._book.add_worksheet("questions")
+        sheet.write_string(0, 0, "position")
+        sheet.write_string(0, 1, "prompt")
+        for row, (position, prompt) in enumerate(self.questions, start=1):
+            sheet.write_number(row, 0, position)
+            sheet.write_string(row, 1, prompt)
+        self._book.close()

@@ -9,7 +9,18 @@ from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 
 PARQUET_KEY = dg.AssetKey("campaign_results_parquet")
-FORMAT_KEYS = {"csv": CSV_KEY, "parquet": PARQUET_KEY}
+STATS_KEY = dg.AssetKey("campaign_stats")
+FORMAT_KEYS = {"csv": CSV_KEY, "parquet": PARQUET_KEY, "jsonl": dg.AssetKey("campaign_results_jsonl"),
+               "xlsx": dg.AssetKey("campaign_results_xlsx"), "csv.gz": dg.AssetKey("campaign_results_csv_gz"),
+               "pdf": dg.AssetKey("campaign_summary_pdf")}
+FORMAT_DESCRIPTIONS = {
+    "csv": "The campaign's results as CSV for spreadsheets (one row per contact).",
+    "parquet": "The campaign's results as Parquet with native types.",
+    "jsonl": "The campaign's results as JSON Lines (native values, exact money strings).",
+    "xlsx": "The campaign's results as an Excel workbook (text stays text, real dates).",
+    "csv.gz": "The campaign's results as gzip-compressed CSV.",
+    "pdf": "A one-page PDF summary: headline figures and attempts per day.",
+}
 SOURCE_POOL = "source_database"
 
 # Transient source failures (connection lost, timeouts) are retried with backoff; bad input and
@@ -28,11 +39,30 @@ def _markdown_preview(staged: StagedExport) -> str:
     return "\n".join(lines)
 
 
+def _stats_metadata(staged: StagedExport, published: PublishedExport, destination) -> dict:
+    """Numbers Dagster plots across materializations, and the figures file."""
+    stats = staged.stats
+    durations = stats["call_duration_seconds"]
+    return {
+        "contacts": stats["contacts"]["total"],
+        "completed": stats["contacts"]["completed"],
+        "completion_rate": stats["completion_rate"],
+        "conversion_rate": stats["conversion_rate"],
+        "call_attempts": stats["attempts"]["total"],
+        "average_call_seconds": durations["average"] if durations["average"] is not None else 0.0,
+        "total_cost_usd": float(stats["total_cost_usd"]),
+        "snapshot": published.snapshot,
+        "location": dg.MetadataValue.path(destination.location(published.file_keys["json"])),
+        "figures": dg.MetadataValue.json(stats),
+    }
+
+
 def _file_metadata(staged: StagedExport, published: PublishedExport, destination, fmt: str) -> dict:
     record = next(f for f in published.manifest["files"] if f["format"] == fmt)
+    rows = record["rows"] if record["rows"] is not None else staged.rows
     return {
-        "rows": record["rows"],
-        "dagster/row_count": record["rows"],
+        "rows": rows,
+        "dagster/row_count": rows,
         "bytes": record["bytes"],
         "sha256": record["sha256"],
         "location": dg.MetadataValue.path(destination.location(published.file_keys[fmt])),
@@ -46,12 +76,12 @@ def _file_metadata(staged: StagedExport, published: PublishedExport, destination
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(CSV_KEY, description="The campaign's results as CSV (one row per contact).",
-                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
-                     kinds={"csv", "s3"}),
-        dg.AssetSpec(PARQUET_KEY, description="The campaign's results as Parquet (native types).",
-                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
-                     kinds={"parquet", "s3"}),
+        dg.AssetSpec(key, description=FORMAT_DESCRIPTIONS[fmt], partitions_def=campaigns_partitions, skippable=True,
+                     group_name="campaign_exports", kinds={fmt.split(".")[0]})
+        for fmt, key in FORMAT_KEYS.items()
+    ] + [
+        dg.AssetSpec(STATS_KEY, description="Dashboard figures of the whole campaign (SPEC section 6).",
+                     partitions_def=campaigns_partitions, group_name="campaign_exports", kinds={"json"}),
     ],
     check_specs=check_specs,
     partitions_def=campaigns_partitions,
@@ -80,3 +110,4 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     for fmt in options.formats:
         yield dg.MaterializeResult(asset_key=FORMAT_KEYS[fmt],
                                    metadata=_file_metadata(staged, published, target, fmt))
+    yield dg.MaterializeResult(asset_key=STATS_KEY, metadata=_stats_metadata(staged, published, target))

@@ -1,4 +1,5 @@
-"""Blocking publication checks (SPEC section 6), computed during the export, before anything is published."""
+"""Publication checks (SPEC section 6), computed during the export: the blocking ones before anything is
+published, the reported ones (warnings) on every materialization with their numbers."""
 from __future__ import annotations
 
 import dagster as dg
@@ -12,8 +13,14 @@ BLOCKING_CHECKS = {
     "header_matches_spec": "The header is the SPEC section 3 column list for the options used.",
 }
 
+REPORTED_CHECKS = {
+    "no_row_anomalies": "Rows set aside or unreadable (other campaign, answers out of range, bad transcripts).",
+    "phone_numbers_e164": "Share of exported phone numbers that are not valid E.164.",
+}
+
 check_specs = [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking=True)
-               for name, text in BLOCKING_CHECKS.items()]
+               for name, text in BLOCKING_CHECKS.items()] + [
+    dg.AssetCheckSpec(name, asset=CSV_KEY, description=text) for name, text in REPORTED_CHECKS.items()]
 
 
 def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:

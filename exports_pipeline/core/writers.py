@@ -188,6 +188,7 @@ class XlsxWriter:
         if value is None:
             return
         if column in TIMESTAMP_COLUMNS:
+            value = value.replace(microsecond=value.microsecond // 1000 * 1000)  # floored like the CSV
             if value >= EXCEL_EPOCH:
                 self._sheet.write_datetime(row, index, value.replace(tzinfo=None), self._formats["date"])
             else:

@@ -48,6 +48,8 @@ def test_materialization_metadata_and_checks(resources, tmp_path):
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks == {"row_count_matches_source": True, "contact_id_unique": True, "header_matches_spec": True,
                           "no_row_anomalies": False, "phone_numbers_e164": False}
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        assert f"campaign {C1}: 4 of 4 rows written (100%)" in messages
         latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
         assert latest["snapshot"] == csv_meta["snapshot"].value
         assert latest["snapshot"].endswith(result.run_id[:8])

@@ -1,4 +1,6 @@
 """The export multi_asset: one read of a campaign's snapshot materializes its files together."""
+import time
+
 import dagster as dg
 
 from exports_pipeline.core.errors import ExportError, SourceUnavailableError
@@ -26,6 +28,21 @@ SOURCE_POOL = "source_database"
 # Transient source failures (connection lost, timeouts) are retried with backoff; bad input and
 # schema errors are raised as dg.Failure(allow_retries=False) and fail at once.
 SOURCE_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=3, backoff=dg.Backoff.EXPONENTIAL)
+
+
+class ProgressLog:
+    """Logs rows done of the total (counted in the same snapshot) at most every few seconds."""
+
+    def __init__(self, log, campaign_id: str, every_seconds: float = 5.0):
+        self.log, self.campaign_id, self.every = log, campaign_id, every_seconds
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or done == total:
+            self.last = now
+            share = f" ({done * 100 // total}%)" if total else ""
+            self.log.info(f"campaign {self.campaign_id}: {done:,} of {total:,} rows written{share}")
 
 
 def _markdown_preview(staged: StagedExport) -> str:
@@ -96,7 +113,8 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
         options = config.to_options()
         target = destination.open()
         with stage_export(source.url, campaign_id, options, context.run.run_id,
-                          statement_timeout_ms=source.statement_timeout_ms) as staged:
+                          statement_timeout_ms=source.statement_timeout_ms,
+                          progress=ProgressLog(context.log, campaign_id)) as staged:
             # Check results come first: a failed blocking check is recorded, then publication refuses.
             yield from check_results(staged.checks)
             published = publish_export(staged, target)

@@ -45,7 +45,7 @@ def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):
                      EXPORTS_DESTINATION=str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip().splitlines()
-    assert len(printed) == 1 and printed[0].endswith("campaign_results.csv")
+    assert [Path(p).name for p in printed] == ["campaign_results.csv", "campaign_stats.json"]
     assert Path(printed[0]).read_bytes() == awkward.expected_csv()
 
 

@@ -6,36 +6,43 @@ users type (commas, quotes, lone CR, CRLF, accents, CJK, emoji, leading = + - @ 
 next to NULL), plus the anomalies the exporter must count rather than fail on (transcripts that are
 not objects, answers out of range, attempts filed under another campaign, negative durations).
 
-Generation is vectorised with polars over random bits from a seeded ``random.Random``, so a seed
-gives the same data on every run and the same rows in PostgreSQL and SQLite. PostgreSQL is loaded
-with COPY on three connections at once (contacts, attempts, answers) and transcripts are joined in
-server-side from a small pool, because parsing a gigabyte of JSON through COPY costs more than
-everything else together; indexes are built after the load, then the tables are vacuumed and
-analysed. SQLite (demos and tests, up to ~100k contacts) stores uuids and timestamps as ISO 8601
-TEXT (``2026-01-02T03:04:05.123456+00:00``), cost_usd as REAL and transcripts as JSON TEXT.
+Generation is vectorised with polars over SHAKE-128 streams keyed by a seeded ``random.Random``,
+so a seed gives the same data on every run and the same rows in PostgreSQL and SQLite.
+PostgreSQL is loaded with binary COPY (CSV costs the server 3-4 times more CPU, and a gigabyte of
+transcript JSON through CSV more than everything else together) on three connections at once,
+with keys and indexes built after the load: 1M contacts cost about 65 CPU-seconds in all. SQLite
+(demos and tests, up to ~100k contacts) stores uuids and timestamps as ISO 8601 TEXT
+(``2026-01-02T03:04:05.123456+00:00``), cost_usd as REAL and transcripts as JSON TEXT.
 """
 from __future__ import annotations
 
+import array
+import binascii
 import contextlib
 import datetime as dt
-import io
+import functools
+import hashlib
+import itertools
 import json
 import random
 import sqlite3
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import psycopg
 import pyarrow as pa
-from psycopg.copy import QueuedLibpqWriter
+import pyarrow.compute as pc
+
+from exports_pipeline.core.sourceurl import sqlite_path
 
 # --- schema -----------------------------------------------------------------------------------
 
 _COLUMNS = {
     "campaigns": [
-        ("id", "uuid", "PRIMARY KEY"),
+        ("id", "uuid", ""),
         ("name", "text", "NOT NULL"),
         ("assistant_name", "text", ""),
         ("owner_id", "uuid", "NOT NULL"),
@@ -51,7 +58,7 @@ _COLUMNS = {
         ("prompt", "text", "NOT NULL"),
     ],
     "contacts": [
-        ("id", "uuid", "PRIMARY KEY"),
+        ("id", "uuid", ""),
         ("campaign_id", "uuid", "NOT NULL"),
         ("external_contact_id", "text", ""),
         ("name", "text", ""),
@@ -65,7 +72,7 @@ _COLUMNS = {
         ("updated_at", "timestamptz", "NOT NULL"),
     ],
     "call_attempts": [
-        ("id", "uuid", "PRIMARY KEY"),
+        ("id", "uuid", ""),
         ("campaign_id", "uuid", "NOT NULL"),
         ("contact_id", "uuid", "NOT NULL"),
         ("attempt_number", "int", "NOT NULL"),
@@ -85,8 +92,11 @@ _COLUMNS = {
         ("answered_at", "timestamptz", ""),
     ],
 }
-_COMPOSITE_KEYS = {
+_KEYS = {
+    "campaigns": "id",
     "survey_questions": "campaign_id, position",
+    "contacts": "id",
+    "call_attempts": "id",
     "survey_responses": "contact_id, question_position",
 }
 _INDEXES = [
@@ -100,13 +110,13 @@ _SQLITE_TYPES = {"uuid": "TEXT", "text": "TEXT", "smallint": "INTEGER", "int": "
                  "timestamptz": "TEXT", "numeric(12,4)": "REAL", "jsonb": "TEXT"}
 
 
-def _table_ddl(table: str, sqlite: bool) -> str:
+def _table_ddl(table: str, sqlite: bool, keyed: bool = True) -> str:
     parts = [
         " ".join(filter(None, [name, _SQLITE_TYPES[kind] if sqlite else kind, constraint]))
         for name, kind, constraint in _COLUMNS[table]
     ]
-    if table in _COMPOSITE_KEYS:
-        parts.append(f"PRIMARY KEY ({_COMPOSITE_KEYS[table]})")
+    if keyed:
+        parts.append(f"PRIMARY KEY ({_KEYS[table]})")
     return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(parts)})"
 
 
@@ -114,14 +124,15 @@ def _names(table: str) -> list[str]:
     return [name for name, _, _ in _COLUMNS[table]]
 
 
-def _index_ddl() -> list[str]:
-    return [f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({cols})" for name, table, cols in _INDEXES]
+def _index_ddl(tables=_KEYS) -> list[str]:
+    return [f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({cols})" for name, table, cols in _INDEXES
+            if table in tables]
 
 
 def _sqlite_path(url: str) -> Path | None:
     """The file of a sqlite:/// URL, None for a PostgreSQL URL; anything else is refused."""
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
     if url.startswith(("postgresql://", "postgres://")):
@@ -151,7 +162,7 @@ def create_source_schema(url: str) -> None:
 
 _STATES = ["pending", "in_progress", "completed", "refused", "not_reached", "excluded"]
 _STATUSES = ["queued", "ringing", "in_progress", "completed", "no_answer", "busy", "failed", "refused"]
-_CAMPAIGN_STATUSES = ["completed", "running", "paused", "cancelled", "scheduled"]  # the last is "draft"
+_CAMPAIGN_STATUSES = ["completed", "running", "paused", "cancelled", "scheduled"]  # cycled; "draft" is last
 
 _CAMPAIGN_NAMES = [
     "Customer satisfaction, Q3", 'Renewal "winback" campaign', "Enquête été — Île-de-France",
@@ -205,12 +216,12 @@ _ODD_TRANSCRIPTS = [
     {"summary": "Caller asked for a callback, no transcript kept"}, {"text": None}, {"text": 12345},
     ["Agent: Hello", "Contact: Bye"], "Agent: a transcript stored as a bare JSON string", None, {},
 ]
-_TEXT_TRANSCRIPTS = 4096
+_TEXT_TRANSCRIPTS = 2048
 
-# Weighted lookup tables: 100 entries each, indexed by a uniform draw in 0..99.
 
 
 def _table(weights: dict) -> list:
+    """A weighted lookup table of 100 entries, indexed by a uniform draw in 0..99."""
     table = [value for value, weight in weights.items() for _ in range(weight)]
     assert len(table) == 100, weights
     return table
@@ -248,7 +259,6 @@ _SECOND_US = 1_000_000
 @dataclass
 class _Campaign:
     id: str
-    status: str
     contacts: int
     positions: list[int]
     start_us: int  # contacts are created from here
@@ -256,31 +266,46 @@ class _Campaign:
     row: tuple  # values of the campaigns row, timestamps as epoch microseconds
 
 
+_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: version 4
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: RFC 4122 variant
+_UUID_HEX_AT = [i for i in range(36) if i not in (8, 13, 18, 23)]  # where the 32 hex digits go
+
+
 class _Bits:
-    """Vectorised random draws from one seeded Mersenne Twister (stable across versions)."""
+    """Vectorised random draws: SHAKE-128 streams keyed by a seeded ``random.Random``.
+
+    Both are specified algorithms, so a seed gives the same data on every platform and version.
+    """
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def u64(self, n: int) -> pl.Series:
-        buffer = pa.py_buffer(self.rng.randbytes(8 * n))
-        return pl.from_arrow(pa.Array.from_buffers(pa.uint64(), n, [None, buffer]))
+    def _bytes(self, size: int) -> bytes:
+        return hashlib.shake_128(self.rng.getrandbits(128).to_bytes(16, "little")).digest(size)
+
+    def _ints(self, n: int, kind: pa.DataType) -> pl.Series:
+        buffer = pa.py_buffer(self._bytes(kind.byte_width * n))
+        return pl.from_arrow(pa.Array.from_buffers(kind, n, [None, buffer]))
 
     def below(self, n: int, m: int) -> pl.Series:
-        return (self.u64(n) % m).cast(pl.Int64)
+        """Uniform integers in 0..m-1 (32-bit draws for small m: a negligible bias)."""
+        return (self._ints(n, pa.uint32() if m <= 1 << 16 else pa.uint64()) % m).cast(pl.Int64)
 
     def unit(self, n: int) -> pl.Series:
-        return (self.u64(n) // 2048).cast(pl.Float64) / float(2 ** 53)
+        """Uniform floats in [0, 1) with 53 random bits (enough for microseconds over months)."""
+        return (self._ints(n, pa.uint64()) // 2048).cast(pl.Float64) / float(2 ** 53)
 
     def uuids(self, n: int) -> pl.Series:
         """Random version-4 UUIDs in canonical lowercase form."""
-        buffer = pa.py_buffer(self.rng.randbytes(16 * n))
-        hexed = pl.from_arrow(pa.Array.from_buffers(pa.binary(16), n, [None, buffer])).bin.encode("hex")
-        frame = pl.DataFrame({"h": hexed, "v": pl.Series(list("89ab")).gather(self.below(n, 4))})
-        h = pl.col("h").str
-        return frame.select(pl.concat_str([
-            h.slice(0, 8), pl.lit("-"), h.slice(8, 4), pl.lit("-4"), h.slice(13, 3), pl.lit("-"),
-            pl.col("v"), h.slice(17, 3), pl.lit("-"), h.slice(20, 12)])).to_series()
+        raw = bytearray(self._bytes(16 * n))
+        raw[6::16] = raw[6::16].translate(_UUID_VERSION)
+        raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
+        hexed = raw.hex().encode()
+        text = bytearray(b"-" * (36 * n))
+        for source, target in enumerate(_UUID_HEX_AT):
+            text[target::36] = hexed[source::32]
+        offsets = array.array("i", range(0, 36 * n + 1, 36))
+        return pl.from_arrow(pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)]))
 
 
 def _pick(values: list, index: pl.Series | pl.Expr) -> pl.Expr:
@@ -288,19 +313,24 @@ def _pick(values: list, index: pl.Series | pl.Expr) -> pl.Expr:
     return pl.lit(pl.Series(values)).gather(index)
 
 
-def _transcript_pool(seed: int) -> list[str]:
-    """JSON texts of transcripts: many {"text": ...} objects of 300-2,000 characters, then odd ones."""
-    rng = random.Random(f"exports-seed-transcripts:{seed}")
+@functools.cache
+def _transcript_pool() -> list[str]:
+    """JSON texts of transcripts: many {"text": ...} objects of 300-2,000 characters, then odd ones.
+
+    Each text is a stretch, starting at a line, of one long random dialogue. The pool is the same
+    for every seed (the seed decides which attempt gets which) and is built once per process.
+    """
+    rng = random.Random("exports-seed-transcripts")
+    lines = [speaker + sentence + end for speaker in ("Agent: ", "Contact: ") for sentence in _SENTENCES
+             for end in ("\n", "\n", "\r\n")]
+    dialogue = [lines[b % len(lines)] for b in rng.randbytes(30_000)]
+    starts = list(itertools.accumulate(map(len, dialogue), initial=0))[:len(dialogue) // 2]
+    text = "".join(dialogue)
     pool = []
     for i in range(_TEXT_TRANSCRIPTS):
         length = 300 + (i * 1701) // _TEXT_TRANSCRIPTS  # lengths spread evenly over 300..2000
-        parts, size, speaker = [rng.choice(_TRANSCRIPT_PREFIXES)], 0, 0
-        while size < length:
-            line = ("Agent: ", "Contact: ")[speaker] + rng.choice(_SENTENCES) + rng.choice(["\n", "\n", "\r\n"])
-            parts.append(line)
-            size += len(line)
-            speaker ^= 1
-        pool.append({"text": "".join(parts)[:length]})
+        start = rng.choice(starts)
+        pool.append({"text": (rng.choice(_TRANSCRIPT_PREFIXES) + text[start:start + length])[:length]})
     return [json.dumps(t, ensure_ascii=False) for t in pool + _ODD_TRANSCRIPTS]
 
 
@@ -332,7 +362,7 @@ def _make_campaigns(rng: random.Random, contacts: int, count: int, offset: int, 
         row = (cid, name, _ASSISTANTS[g % len(_ASSISTANTS)], str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                _OWNER_EMAILS[g % len(_OWNER_EMAILS)], status, created, max(updated, created),
                end if status == "completed" else None)
-        result.append(_Campaign(cid, status, n, positions, start, end, row))
+        result.append(_Campaign(cid, n, positions, start, end, row))
     return result
 
 
@@ -358,14 +388,14 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         "r_ext": bits.below(n, 100), "ext": bits.below(n, len(_EXTERNAL_IDS)), "r_phone": bits.below(n, 100),
         "digits": bits.below(n, 10 ** 9), "cc": bits.below(n, len(_COUNTRY_CODES)),
         "bad": bits.below(n, len(_BAD_PHONES)), "r_upd": bits.below(n, 60 * _SECOND_US),
-    }).with_columns(
+    }).with_row_index("k").with_columns(
         # Some contacts share the previous one's created_at to the microsecond (import batches).
         created=pl.when(pl.col("tie") < 3).then(pl.col("created").shift(1)).otherwise(pl.col("created"))
         .fill_null(pl.col("created")),
         attempt_count=_pick(_COUNT_TABLE, pl.col("state_i") * 100 + pl.col("r_count")),
     )
 
-    a = c.select("id", "state_i", "created", "attempt_count").filter(pl.col("attempt_count") > 0).rename(
+    a = c.select("k", "id", "state_i", "created", "attempt_count").filter(pl.col("attempt_count") > 0).rename(
         {"id": "contact_id"}).with_columns(attempt_number=pl.int_ranges(1, pl.col("attempt_count") + 1)
                                            ).explode("attempt_number")
     m = a.height
@@ -410,14 +440,14 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         .otherwise(pl.col("transcript_i")),
     )
 
-    per_contact = a.group_by("contact_id").agg(
+    per_contact = a.group_by("k").agg(
         last_attempt_at=pl.col("started_at").max(),
         last_activity=pl.coalesce("ended_at", "started_at").max(),
     )
-    c = c.join(per_contact, left_on="id", right_on="contact_id", how="left", maintain_order="left")
+    c = c.join(per_contact, on="k", how="left", maintain_order="left")
 
     positions = pl.DataFrame({"question_position": camp.positions + [max(camp.positions) + 1]})
-    r = c.filter(pl.col("state_i").is_in([1, 2, 3])).select("id", "state_i", "last_attempt_at", "created")
+    r = c.filter(pl.col("state_i").is_in([1, 2, 3])).select("k", "id", "state_i", "last_attempt_at", "created")
     r = r.join(positions, how="cross").rename({"id": "contact_id"})
     k = r.height
     out_of_range = pl.col("question_position") > max(camp.positions)
@@ -435,14 +465,14 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
             + (pl.col("u") * 30 * _SECOND_US * pl.col("question_position")).cast(pl.Int64),
             pl.lit(now_us)),
     )
-    last_answer = r.group_by("contact_id").agg(last_answer=pl.col("answered_at").max())
+    last_answer = r.group_by("k").agg(last_answer=pl.col("answered_at").max())
 
     name = pl.concat_str([_pick(_FIRST, pl.col("first")), pl.lit(" "), _pick(_LAST, pl.col("last"))])
-    contacts = c.join(last_answer, left_on="id", right_on="contact_id", how="left", maintain_order="left").select(
+    contacts = c.join(last_answer, on="k", how="left", maintain_order="left").select(
         "id",
         campaign_id=pl.lit(camp.id),
         external_contact_id=pl.when(pl.col("r_ext") < 70).then(
-            pl.concat_str([pl.lit("CRM-"), (pl.int_range(pl.len()) + first).cast(pl.String).str.zfill(7)]))
+            pl.concat_str([pl.lit("CRM-"), (pl.col("k") + first).cast(pl.String).str.zfill(7)]))
         .when(pl.col("r_ext") < 85).then(None).otherwise(_pick(_EXTERNAL_IDS, pl.col("ext"))),
         name=pl.when(pl.col("r_name") < 30).then(None)
         .when(pl.col("r_name") < 150).then(_pick(_AWKWARD, pl.col("awk"))).otherwise(name),
@@ -459,7 +489,7 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         created_at="created",
         updated_at=pl.min_horizontal(
             pl.max_horizontal("created", "last_activity", "last_answer")
-            + pl.when(pl.col("r_count") < 20).then(0).otherwise(pl.col("r_upd")),
+            + pl.when(pl.col("r_upd") < 12 * _SECOND_US).then(0).otherwise(pl.col("r_upd")),  # 20%: equal
             pl.lit(now_us)).clip(pl.col("created")),
     )
     attempts = a.select(*_names("call_attempts"))
@@ -473,10 +503,12 @@ def _generate(contacts: int, campaigns: int, seed: int, existing: int, now: dt.d
         raise ValueError("contacts must be >= 0 and campaigns >= 1")
     if now is None:
         now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=dt.timezone.utc)
     now_us = (now - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
     rng = random.Random(f"exports-seed:{seed}:{existing}")  # existing data -> other ids
     camps = _make_campaigns(rng, contacts, campaigns, existing, now_us)
-    pool = _transcript_pool(seed)
+    pool = _transcript_pool()
     bits = _Bits(rng)
 
     def chunks():
@@ -493,6 +525,7 @@ _TS_COLUMNS = {"created_at", "updated_at", "completed_at", "last_attempt_at", "s
 
 
 def _text_timestamps(frame: pl.DataFrame) -> pl.DataFrame:
+    """Epoch-microsecond columns as ISO 8601 text (SQLite, and campaigns rows for PostgreSQL)."""
     return frame.with_columns(
         pl.col(c).cast(pl.Datetime("us")).dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
         for c in frame.columns if c in _TS_COLUMNS)
@@ -510,7 +543,7 @@ def seed_source(url: str, contacts: int, campaigns: int = 1, seed: int = 0, *,
     """Generate a synthetic source database; return the new campaign ids in creation order.
 
     Deterministic for a seed and a reference time ``now`` (default: the current UTC hour, so runs
-    within the same hour match); every timestamp is at or before it. Appending to a database that
+    within the same hour match; naive means UTC); every timestamp is at or before it. Appending to a database that
     already holds campaigns mixes their count into the random stream, so ids never clash.
     """
     path = _sqlite_path(url)
@@ -519,72 +552,137 @@ def seed_source(url: str, contacts: int, campaigns: int = 1, seed: int = 0, *,
     return _seed_sqlite(path, contacts, campaigns, seed, now)
 
 
-_CHUNK = 100_000
+_CHUNK = 100_000  # contacts per generated batch: bounds memory and keeps COPY buffers under 2 GB
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the zero of PostgreSQL's binary timestamps
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_COPY_NULL = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
 
 
-def _queued_copy(conn: psycopg.Connection, statement: str) -> psycopg.Copy:
-    """A COPY whose data a background thread sends, so generation goes on meanwhile."""
-    cursor = conn.cursor()
-    return cursor.copy(statement, writer=QueuedLibpqWriter(cursor))
+def _big_endian(values: pl.Series, code: str, valid: pl.Series | None = None, per_row: int = 1) -> pa.Array:
+    """Integers (``per_row`` of them per value) as big-endian fixed-size binary, null where not valid."""
+    arrow = values.fill_null(0).rechunk().to_arrow()
+    width = array.array(code).itemsize
+    swapped = array.array(code)
+    swapped.frombytes(memoryview(arrow.buffers()[1])[arrow.offset * width:(arrow.offset + len(arrow)) * width])
+    swapped.byteswap()
+    bitmap = None if valid is None else valid.rechunk().to_arrow().buffers()[1]
+    return pa.Array.from_buffers(pa.binary(width * per_row), len(arrow) // per_row,
+                                 [bitmap, pa.py_buffer(swapped)]).cast(pa.binary())
 
 
-def _copy_csv(copy, frame: pl.DataFrame) -> None:
-    buffer = io.BytesIO()
-    frame.write_csv(buffer, include_header=False)
-    copy.write(buffer.getvalue())
+def _numeric(cost: pl.Series) -> pa.Array:
+    """Ten-thousandths of a dollar in numeric's binary form.
+
+    Two big-endian words per value: (ndigits 4, weight 2, sign, dscale 4) and the base-10000
+    digits (0, dollars // 10000, dollars % 10000, ten-thousandths); the server strips the zeros.
+    """
+    c = cost.fill_null(0)
+    head = (c < 0).cast(pl.Int64) * (0x4000 << 16) + ((4 << 48) + (2 << 32) + 4)
+    digits = c.abs() // 10 ** 8 * (1 << 32) + c.abs() // 10 ** 4 % 10 ** 4 * (1 << 16) + c.abs() % 10 ** 4
+    interleaved = pl.concat([head, digits]).gather(
+        pl.int_range(0, 2 * len(c), eager=True) // 2 + pl.int_range(0, 2 * len(c), eager=True) % 2 * len(c))
+    return _big_endian(interleaved, "q", cost.is_not_null(), per_row=2)
+
+
+def _uuid_bytes(column: pl.Series) -> pa.Array:
+    """Canonical UUID strings (never null) as their 16 bytes."""
+    raw = binascii.unhexlify(column.str.join("").item().encode().replace(b"-", b""))
+    return pa.Array.from_buffers(pa.binary(16), len(column), [None, pa.py_buffer(raw)]).cast(pa.binary())
+
+
+def _copy_binary(table: str, frame: pl.DataFrame, jsonb_fields: pa.Array | None = None) -> memoryview | bytes:
+    """Rows of COPY's binary format (no parsing left for the server: 3-4 times cheaper than CSV).
+
+    A jsonb column holds indices into ``jsonb_fields``, whole fields encoded once (length, version
+    byte and JSON text); a null index gives the last one, the null marker.
+    """
+    if frame.height == 0:
+        return b""
+    pieces = [pa.scalar(len(_COLUMNS[table]).to_bytes(2, "big"), pa.binary())]
+    for name, kind, _ in _COLUMNS[table]:
+        column = frame[name]
+        if kind == "jsonb":
+            pieces.append(jsonb_fields.take(column.fill_null(len(jsonb_fields) - 1).to_arrow()))
+            continue
+        if kind == "uuid":
+            values = _uuid_bytes(column)
+        elif kind == "text":
+            values = column.cast(pl.Binary).to_arrow().cast(pa.binary())
+        elif kind == "timestamptz":
+            values = _big_endian(column - _PG_EPOCH_US, "q", column.is_not_null())
+        elif kind == "numeric(12,4)":
+            values = _numeric(column)
+        else:
+            values = _big_endian(column.cast(pl.Int16 if kind == "smallint" else pl.Int32),
+                                 "h" if kind == "smallint" else "i", column.is_not_null())
+        lengths = pl.from_arrow(pc.binary_length(values)).fill_null(-1).cast(pl.Int32)  # -1: null
+        pieces += [_big_endian(lengths, "i"), values]
+    rows = pc.binary_join_element_wise(*pieces, b"", null_handling="replace", null_replacement="")
+    offsets = memoryview(rows.buffers()[1]).cast("i")
+    return memoryview(rows.buffers()[2])[offsets[rows.offset]:offsets[rows.offset + len(rows)]]
+
+
+# Each COPY target gets its own connection and transaction, which also creates the new tables
+# it loads: three server processes then work at once, and COPY FREEZE applies (rows written
+# frozen and all-visible, so no VACUUM pass over the new tables).
+_LOADS = {
+    "contacts": ["campaigns", "survey_questions", "contacts"],
+    "call_attempts": ["call_attempts"],
+    "survey_responses": ["survey_responses"],
+}
 
 
 def _seed_postgres(url: str, contacts: int, campaigns: int, seed: int, now: dt.datetime | None) -> list[str]:
     with _pg_connect(url, autocommit=True) as admin:
-        for table in _COLUMNS:
-            admin.execute(_table_ddl(table, sqlite=False))  # indexes come after the load
-        existing = admin.execute("SELECT count(*) FROM campaigns").fetchone()[0]
+        fresh = {t for t in _COLUMNS if admin.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None}
+        existing = 0 if "campaigns" in fresh else admin.execute("SELECT count(*) FROM campaigns").fetchone()[0]
     camps, questions, pool, chunks = _generate(contacts, campaigns, seed, existing, now, _CHUNK)
+    jsonb = [b"\x01" + text.encode() for text in pool]  # version 1, then the JSON text
+    jsonb_fields = pa.array([len(b).to_bytes(4, "big") + b for b in jsonb] + [_COPY_NULL.as_py()], pa.binary())
 
-    attempt_cols = _names("call_attempts")
-    staged = ", ".join(attempt_cols[:-1]) + ", transcript_i"
-    # One connection per table so that three server processes parse COPY data at once.
     with contextlib.ExitStack() as stack:
-        c_conn, a_conn, r_conn = (stack.enter_context(_pg_connect(url)) for _ in range(3))
-        a_conn.execute("CREATE TEMP TABLE seed_transcripts (i int PRIMARY KEY, t jsonb) ON COMMIT DROP")
-        a_conn.execute("CREATE TEMP TABLE seed_attempts ON COMMIT DROP AS "
-                       f"SELECT {', '.join(attempt_cols[:-1])}, 0 AS transcript_i FROM call_attempts WITH NO DATA")
-        with a_conn.cursor().copy("COPY seed_transcripts (i, t) FROM STDIN") as copy:
-            for i, text in enumerate(pool):
-                copy.write_row((i, text))
-        with c_conn.cursor() as cur:
+        conns = {target: stack.enter_context(_pg_connect(url)) for target in _LOADS}
+        for target, conn in conns.items():
+            for table in _LOADS[target]:
+                if table in fresh:  # keys and indexes come after the load
+                    conn.execute(_table_ddl(table, sqlite=False, keyed=False))
+        with conns["contacts"].cursor() as cur:
             cur.executemany(f"INSERT INTO campaigns VALUES ({', '.join(['%s'] * 9)})",
                             _campaign_rows(camps).rows())
             cur.executemany("INSERT INTO survey_questions VALUES (%s, %s, %s)", questions.rows())
-        with contextlib.ExitStack() as copying:  # leaving it waits for the servers to finish
-            copies = [copying.enter_context(_queued_copy(conn, statement)) for conn, statement in [
-                (c_conn, f"COPY contacts ({', '.join(_names('contacts'))}) FROM STDIN (FORMAT csv)"),
-                (a_conn, f"COPY seed_attempts ({staged}) FROM STDIN (FORMAT csv)"),
-                (r_conn, f"COPY survey_responses ({', '.join(_names('survey_responses'))}) FROM STDIN (FORMAT csv)"),
-            ]]
-            for contact_rows, attempt_rows, answer_rows in chunks:
-                _copy_csv(copies[0], _text_timestamps(contact_rows))
-                _copy_csv(copies[1], _text_timestamps(_money_text(attempt_rows)))
-                _copy_csv(copies[2], _text_timestamps(answer_rows))
-        a_conn.execute(f"INSERT INTO call_attempts ({', '.join(attempt_cols)}) "
-                       f"SELECT {', '.join('s.' + c for c in attempt_cols[:-1])}, p.t "
-                       "FROM seed_attempts s LEFT JOIN seed_transcripts p ON p.i = s.transcript_i")
+        with contextlib.ExitStack() as copying, ThreadPoolExecutor(len(conns)) as senders:
+            copies = []
+            for target, conn in conns.items():
+                options = "FORMAT binary, FREEZE" if target in fresh else "FORMAT binary"
+                statement = f"COPY {target} ({', '.join(_names(target))}) FROM STDIN ({options})"
+                copies.append(copying.enter_context(conn.cursor().copy(statement)))
+                copies[-1].write(_COPY_HEADER)
+            # Threads send a batch while this one makes the next: at most two batches in memory.
+            sending = []
+            for batch in chunks:
+                data = [_copy_binary(target, rows, jsonb_fields) for target, rows in zip(conns, batch)]
+                for sent in sending:
+                    sent.result()
+                sending = [senders.submit(copy.write, chunk) for copy, chunk in zip(copies, data)]
+            for sent in sending:
+                sent.result()
+            for copy in copies:
+                copy.write(_COPY_TRAILER)
 
-    with _pg_connect(url, autocommit=True) as admin:
-        admin.execute("SET maintenance_work_mem = '512MB'")
-        for statement in _index_ddl():
-            admin.execute(statement)
-        admin.execute(f"VACUUM (ANALYZE) {', '.join(_COLUMNS)}")
+        def finish(conn: psycopg.Connection, tables: list[str]) -> None:
+            conn.execute("SET maintenance_work_mem = '256MB'")
+            for table in tables:
+                if table in fresh:
+                    conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({_KEYS[table]})")
+            for statement in _index_ddl(tables):
+                conn.execute(statement)
+            conn.execute(f"ANALYZE {', '.join(tables)}")
+
+        with ThreadPoolExecutor(len(conns)) as executor:  # keys, indexes and statistics of all tables at once
+            for done in [executor.submit(finish, conn, _LOADS[target]) for target, conn in conns.items()]:
+                done.result()
     return [c.id for c in camps]
-
-
-def _money_text(attempts: pl.DataFrame) -> pl.DataFrame:
-    """cost_usd from ten-thousandths to exact decimal text, e.g. -1.5000."""
-    cost = pl.col("cost_usd")
-    return attempts.with_columns(cost_usd=pl.concat_str([
-        pl.when(cost < 0).then(pl.lit("-")).otherwise(pl.lit("")),
-        (cost.abs() // 10_000).cast(pl.String), pl.lit("."),
-        (cost.abs() % 10_000).cast(pl.String).str.zfill(4)]))
 
 
 def _seed_sqlite(path: Path, contacts: int, campaigns: int, seed: int, now: dt.datetime | None) -> list[str]:

@@ -25,6 +25,7 @@ from exports_pipeline.core.errors import (
 from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.publish import move_latest, read_latest
+from exports_pipeline.core.source import PostgresSource, open_source
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY, EXPECTED_ANOMALIES, EXPECTED_ROWS, HEADER, K1, K2, K3, K4
 
@@ -170,25 +171,34 @@ def test_missing_table_fails_naming_it(awkward_pg):
         staged_bytes(awkward_pg)
 
 
-def test_export_reads_one_snapshot_while_the_campaign_is_written(awkward_pg):
-    """Rows committed after the snapshot was taken are not part of it, even for batches read later."""
-    written = []
+def test_export_reads_one_snapshot_while_the_campaign_is_written(awkward_pg, monkeypatch):
+    """Rows committed after the snapshot was taken, before the bulk reads start, are not part of it."""
+    take_sample = PostgresSource.contact_key_sample
 
-    def write_meanwhile(done, total):
-        if written:
-            return
+    def write_then_sample(self, campaign_id, fraction):
         with psycopg.connect(awkward_pg, autocommit=True) as conn:
             conn.execute(f"INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status) "
                          f"VALUES ('b0000000-0000-4000-8000-0000000000aa', '{C1}', '{K3}', 9, 'completed')")
             conn.execute(f"INSERT INTO contacts VALUES ('a0000000-0000-4000-8000-0000000000ff', '{C1}', NULL, 'Late',"
                          f" NULL, '+15550000000', 'pending', 0, NULL, NULL, '2030-01-01', '2030-01-01')")
-        written.append(done)
+            conn.execute(f"UPDATE survey_responses SET answer = 'changed' WHERE contact_id = '{K1}'")
+        return take_sample(self, campaign_id, fraction)
 
-    with stage_export(awkward_pg, C1, ExportOptions(batch_size=1), "run00001", progress=write_meanwhile) as staged:
-        csv_bytes = next(f.path for f in staged.files if f.format == "csv").read_bytes()
-    assert written == [1]
+    monkeypatch.setattr(PostgresSource, "contact_key_sample", write_then_sample)
+    csv_bytes, _, staged = staged_bytes(awkward_pg, options=ExportOptions(batch_size=1))
     assert csv_bytes == awkward.expected_csv()
-    assert staged.fingerprint["contacts_count"] == 4
+    assert staged.fingerprint["contacts_count"] == 4 and staged.rows == 4
+    with psycopg.connect(awkward_pg) as conn:  # the writes did land
+        assert conn.execute("SELECT count(*) FROM contacts").fetchone()[0] == 6
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100_000])
+def test_fingerprint_from_the_streams_equals_the_sql_fingerprint(awkward_pg, sqlite_url, batch_size):
+    awkward.load(sqlite_url)
+    for url in (awkward_pg, sqlite_url):
+        _, _, staged = staged_bytes(url, options=ExportOptions(batch_size=batch_size))
+        with open_source(url) as source:
+            assert staged.fingerprint == source.fingerprint(C1)
 
 
 def test_run_options_filter_states_and_select_columns(awkward_pg):

@@ -160,10 +160,10 @@ def test_xlsx_beyond_the_sheet_limit_is_refused_before_any_work(awkward_pg, monk
 
 # ------------------------------------------------------------------------------------ blocking checks
 
-def _duplicate_rows(build_batch):
+def _duplicate_rows(build_rows):
     def duplicated(*args, **kwargs):
-        rows, anomalies = build_batch(*args, **kwargs)
-        return rows.vstack(rows), anomalies
+        rows = build_rows(*args, **kwargs)
+        return rows.vstack(rows)
     return duplicated
 
 
@@ -175,7 +175,7 @@ def _drop_last_header_column(csv_frame):
     ("row_count_matches_source",
      lambda mp: mp.setattr(PostgresSource, "count_contacts", lambda self, cid, options: 999)),
     ("contact_id_unique",
-     lambda mp: mp.setattr(export_module, "build_batch", _duplicate_rows(export_module.build_batch))),
+     lambda mp: mp.setattr(export_module, "build_rows", _duplicate_rows(export_module.build_rows))),
     ("header_matches_spec",
      lambda mp: mp.setattr("exports_pipeline.core.writers.csv_frame",
                            _drop_last_header_column(export_module.csv_frame))),

@@ -10,6 +10,7 @@ import json
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,10 +32,18 @@ from exports_pipeline.core.publish import (
     snapshot_name,
     upload_snapshot,
 )
-from exports_pipeline.core.source import ATTEMPTS_SCHEMA, CONTACTS_SCHEMA, ANSWERS_SCHEMA, open_source
+from exports_pipeline.core.source import (
+    ANSWERS_SCHEMA,
+    ATTEMPTS_SCHEMA,
+    CONTACTS_SCHEMA,
+    CampaignInfo,
+    SourceReader,
+    open_source,
+)
+from exports_pipeline.core.spill import BucketSpill, bucket_boundaries, sample_fraction
 from exports_pipeline.core.stats import CampaignStats, percentage
 from exports_pipeline.core.summary_pdf import write_summary_pdf
-from exports_pipeline.core.transform import ANOMALY_KINDS, build_batch
+from exports_pipeline.core.transform import ANOMALY_KINDS, bucket_anomalies, build_rows, select_contacts
 from exports_pipeline.core.writers import (
     E164,
     XLSX_MAX_ROWS,
@@ -96,16 +105,10 @@ class PublishedExport:
     latest_moved: bool
 
 
-def _empty_rows(question_count: int, staged_campaign) -> pl.DataFrame:
-    """A zero-row frame with every column build_batch produces (header of an empty campaign)."""
-    contacts = pl.DataFrame(schema=CONTACTS_SCHEMA)
-    rows, _ = build_batch(staged_campaign, contacts, pl.DataFrame(schema=ATTEMPTS_SCHEMA),
-                          pl.DataFrame(schema=ANSWERS_SCHEMA), question_count)
-    return rows
-
-
-def _hash_ids(rows: pl.DataFrame) -> pl.Series:
-    return rows["contact_id"].hash(seed=0)
+def _empty_rows(question_count: int, campaign: CampaignInfo) -> pl.DataFrame:
+    """A zero-row frame with every column build_rows produces (the header of an empty export)."""
+    return build_rows(campaign, pl.DataFrame(schema=CONTACTS_SCHEMA), pl.DataFrame(schema=ATTEMPTS_SCHEMA),
+                      pl.DataFrame(schema=ANSWERS_SCHEMA), question_count)
 
 
 def _open_writers(folder: Path, options: ExportOptions, columns: list[str], questions: list[tuple[int, str]]):
@@ -119,8 +122,50 @@ def _open_writers(folder: Path, options: ExportOptions, columns: list[str], ques
     return {fmt: factories[fmt](folder / FILE_NAMES[fmt]) for fmt in options.formats if fmt in ROW_FORMATS}
 
 
-def _own_attempts(attempts: pl.DataFrame, campaign_id: str) -> pl.DataFrame:
-    return attempts.filter(pl.col("campaign_id") == campaign_id)
+@dataclass
+class _StreamTally:
+    """What one table's stream says on the way: its part of the fingerprint, and rows set aside."""
+
+    rows: int = 0
+    latest: datetime | None = None
+    misfiled: int = 0
+
+
+def _spill_stream(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str, key: tuple[str, str],
+                  instant: pl.Expr) -> _StreamTally:
+    """Route a table's rows to their buckets; rows whose contact is not the campaign's are only counted."""
+    tally = _StreamTally()
+    created_at, contact_id = key
+    for frame in frames:
+        tally.rows += frame.height
+        latest = frame.select(instant.max()).item()
+        if latest is not None and (tally.latest is None or latest > tally.latest):
+            tally.latest = latest
+        own = frame.filter(pl.col(created_at).is_not_null())
+        tally.misfiled += frame.height - own.height
+        spill.add(table, own, created_at, contact_id)
+    return tally
+
+
+def _spill_campaign(source: SourceReader, campaign_id: str, spill: BucketSpill, batch_size: int):
+    """Phase 1: the three tables streamed at once (PostgreSQL serves them in parallel) into the buckets."""
+    streams = {
+        "contacts": (source.contact_frames(campaign_id, batch_size), ("created_at", "id"), pl.col("updated_at")),
+        "attempts": (source.attempt_frames(campaign_id, batch_size), ("contact_created_at", "contact_id"),
+                     pl.coalesce("ended_at", "started_at")),
+        "answers": (source.answer_frames(campaign_id, batch_size), ("contact_created_at", "contact_id"),
+                    pl.col("answered_at")),
+    }
+    with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="export-read") as pool:
+        futures = {table: pool.submit(_spill_stream, frames, spill, table, key, instant)
+                   for table, (frames, key, instant) in streams.items()}
+        tallies = {table: future.result() for table, future in futures.items()}
+    spill.close()
+    return tallies
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
 @contextmanager
@@ -138,41 +183,54 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         questions = source.questions(cid)
         question_count = max((p for p, _ in questions), default=0)
         columns = export_columns(question_count, options.columns)
-        expected_rows = source.count_contacts(cid, options)
+        all_contacts = source.count_contacts(cid, ExportOptions())
+        expected_rows = all_contacts if options.is_default_selection else source.count_contacts(cid, options)
         if "xlsx" in options.formats and expected_rows > XLSX_MAX_ROWS:
             raise InvalidInputError(
                 f"option formats: xlsx holds at most {XLSX_MAX_ROWS:,} rows and campaign {cid} selects "
                 f"{expected_rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts")
-        fingerprint = source.fingerprint(cid)
-        anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
-        anomalies.update(source.misfiled_rows(cid))
 
         folder = Path(staging)
+        (folder / "buckets").mkdir()
+        sample = source.contact_key_sample(cid, sample_fraction(all_contacts, options.batch_size))
+        spill = BucketSpill(folder / "buckets", bucket_boundaries(sample, all_contacts, options.batch_size))
+        tallies = _spill_campaign(source, cid, spill, options.batch_size)
+        fingerprint = {
+            "campaign_updated_at": _iso(campaign.updated_at),
+            "contacts_count": tallies["contacts"].rows, "contacts_max_updated_at": _iso(tallies["contacts"].latest),
+            "attempts_count": tallies["attempts"].rows, "attempts_max_time": _iso(tallies["attempts"].latest),
+            "answers_count": tallies["answers"].rows, "answers_max_answered_at": _iso(tallies["answers"].latest),
+            "questions_count": len(questions),
+        }
+        anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
+        anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
+                          "answers_other_campaign": tallies["answers"].misfiled})
+
+        # Phase 2: bucket by bucket, in export order.
         writers = _open_writers(folder, options, columns, questions)
         stats = CampaignStats(source.snapshot_time)
         id_hashes: list[pl.Series] = []
         preview: pl.DataFrame | None = None
         rows = invalid_phones = 0
-        for contacts in source.contact_batches(cid, options):
-            ids = contacts["id"].to_list()
-            attempts = source.attempts_for(ids)
-            batch, batch_anomalies = build_batch(campaign, contacts, attempts, source.answers_for(ids),
-                                                 question_count)
-            anomalies.update(batch_anomalies)
-            if options.is_default_selection:
-                stats.add(contacts, _own_attempts(attempts, cid))
+        for bucket in range(spill.count):
+            contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
+            attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
+            answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
+            stats.add(contacts, attempts)  # the figures always cover the whole campaign
+            anomalies.update(bucket_anomalies(attempts, answers, question_count))
+            selected = select_contacts(contacts, options)
+            if selected.is_empty():
+                continue
+            batch = build_rows(campaign, selected, attempts, answers, question_count)
             for writer in writers.values():
                 writer.write(batch)
-            id_hashes.append(_hash_ids(batch))
-            invalid_phones += int((~contacts["phone_number"].str.contains(E164)).sum())
+            id_hashes.append(batch["contact_id"].hash(seed=0))
+            invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
             if preview is None:
                 preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
             rows += batch.height
             if progress:
                 progress(rows, expected_rows)
-        if not options.is_default_selection:  # the figures always cover the whole campaign
-            for contacts in source.contact_batches(cid, ExportOptions(batch_size=options.batch_size)):
-                stats.add(contacts, _own_attempts(source.attempts_for(contacts["id"].to_list()), cid))
         empty = _empty_rows(question_count, campaign)
         for writer in writers.values():
             writer.close(empty)

@@ -44,15 +44,18 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 CONTACTS_SCHEMA = {
     "id": pl.String, "external_contact_id": pl.String, "name": pl.String, "business_name": pl.String,
     "phone_number": pl.String, "state": pl.String, "attempt_count": pl.Int64, "last_attempt_at": UTC_US,
-    "completed_at": UTC_US, "created_at": UTC_US,
+    "completed_at": UTC_US, "created_at": UTC_US, "updated_at": UTC_US,
 }
+# Attempts and answers filed under the campaign, each with its contact's created_at: null when the
+# contact is not one of the campaign's (such rows are counted, never exported).
 ATTEMPTS_SCHEMA = {
-    "id": pl.String, "contact_id": pl.String, "campaign_id": pl.String, "attempt_number": pl.Int64,
+    "contact_created_at": UTC_US, "id": pl.String, "contact_id": pl.String, "attempt_number": pl.Int64,
     "status": pl.String, "started_at": UTC_US, "ended_at": UTC_US, "ended_reason": pl.String,
     "cost_units": pl.Int64, "recording_url": pl.String, "transcript_kind": pl.String,
     "transcript_summary": pl.String,
 }
-ANSWERS_SCHEMA = {"contact_id": pl.String, "campaign_id": pl.String, "position": pl.Int64, "answer": pl.String}
+ANSWERS_SCHEMA = {"contact_created_at": UTC_US, "contact_id": pl.String, "position": pl.Int64, "answer": pl.String,
+                  "answered_at": UTC_US}
 TRANSCRIPT_KINDS = ("ok", "no_text", "not_object", "text_not_string", "invalid_json")
 
 
@@ -64,6 +67,7 @@ class CampaignInfo:
     status: str
     owner_email: str | None
     completed_at: datetime | None
+    updated_at: datetime
 
 
 def _as_utc(value) -> datetime | None:
@@ -114,20 +118,20 @@ class SourceReader(ABC):
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int: ...
 
     @abstractmethod
-    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
-        """The selected contacts in export order (created_at, id), in frames of at most batch_size rows."""
+    def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
+        """created_at and id of about this fraction of the campaign's contacts (to place bucket boundaries)."""
 
     @abstractmethod
-    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
-        """Every attempt of these contacts, whatever campaign it is filed under."""
+    def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        """Every contact of the campaign (CONTACTS_SCHEMA), in any order, in frames of about batch_size rows."""
 
     @abstractmethod
-    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
-        """Every answer of these contacts, whatever campaign it is filed under."""
+    def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        """Every attempt filed under the campaign (ATTEMPTS_SCHEMA), in any order."""
 
     @abstractmethod
-    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
-        """Attempts and answers filed under this campaign whose contact is not one of its contacts."""
+    def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        """Every answer filed under the campaign (ANSWERS_SCHEMA), in any order."""
 
     @abstractmethod
     def fingerprint(self, campaign_id: str) -> dict:
@@ -180,6 +184,8 @@ class PostgresSource(SourceReader):
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             f"SET TRANSACTION SNAPSHOT '{snapshot_id}'",
             f"SET statement_timeout = {self._timeout}",
+            # The join of attempts and answers to their contacts hashes the campaign's contacts in memory.
+            "SET work_mem = '256MB'",
         ]
 
     @staticmethod
@@ -218,17 +224,20 @@ class PostgresSource(SourceReader):
             # One entry per table is enough when the whole table is missing.
             raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
 
-    def _read(self, sql: str, schema: dict) -> pl.DataFrame:
+    def _stream(self, sql: str, schema: dict, batch_size: int) -> Iterator[pl.DataFrame]:
         try:
-            frame = cx.read_sql(self._cx_url, sql, return_type="polars", pre_execution_query=self._pre_execution)
+            reader = cx.read_sql(self._cx_url, sql, return_type="arrow_stream", batch_size=batch_size,
+                                 pre_execution_query=self._pre_execution)
+            for batch in reader:
+                if batch.num_rows:
+                    yield pl.from_arrow(batch).cast(schema)
         except Exception as exc:  # connectorx raises RuntimeError for database errors
             raise self._translate(str(exc)) from None
-        return frame.cast(schema)
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
-        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, completed_at "
+        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, completed_at, updated_at "
                           f"FROM campaigns WHERE id = '{campaign_id}'")
-        return CampaignInfo(*rows[0][:5], _as_utc(rows[0][5])) if rows else None
+        return CampaignInfo(*rows[0][:5], _as_utc(rows[0][5]), _as_utc(rows[0][6])) if rows else None
 
     def campaign_ids(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT id::text FROM campaigns ORDER BY created_at, id")]
@@ -251,24 +260,20 @@ class PostgresSource(SourceReader):
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
         return self._rows(f"SELECT count(*) FROM contacts c WHERE {self._contact_filter(campaign_id, options)}")[0][0]
 
-    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
-        sql = ("SELECT c.id::text AS id, c.external_contact_id, c.name, c.business_name, c.phone_number, "
-               "c.state, c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at "
-               f"FROM contacts c WHERE {self._contact_filter(campaign_id, options)} ORDER BY c.created_at, c.id")
-        try:
-            reader = cx.read_sql(self._cx_url, sql, return_type="arrow_stream", batch_size=options.batch_size,
-                                 pre_execution_query=self._pre_execution)
-            for batch in reader:
-                if batch.num_rows:
-                    yield pl.from_arrow(batch).cast(CONTACTS_SCHEMA)
-        except Exception as exc:
-            raise self._translate(str(exc)) from None
+    def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
+        sample = "" if fraction >= 1 else f" AND random() < {fraction:.9f}"
+        rows = self._rows(f"SELECT created_at, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
+        return pl.DataFrame(rows, schema={"created_at": UTC_US, "id": pl.String}, orient="row")
 
-    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
-        if not contact_ids:
-            return pl.DataFrame(schema=ATTEMPTS_SCHEMA)
-        frame = self._read(
-            "SELECT a.id::text AS id, a.contact_id::text AS contact_id, a.campaign_id::text AS campaign_id, "
+    def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        return self._stream(
+            "SELECT c.id::text AS id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
+            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA, batch_size)
+
+    def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        frames = self._stream(
+            "SELECT c.created_at AS contact_created_at, a.id::text AS id, a.contact_id::text AS contact_id, "
             "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
             "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
             "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
@@ -279,26 +284,16 @@ class PostgresSource(SourceReader):
             "     ELSE 'ok' END AS transcript_kind, "
             "CASE WHEN jsonb_typeof(a.transcript -> 'text') = 'string' AND jsonb_typeof(a.transcript) = 'object' "
             "     THEN left(a.transcript ->> 'text', 100) END AS transcript_summary "
-            f"FROM call_attempts a WHERE a.contact_id = ANY('{{{','.join(contact_ids)}}}'::uuid[])",
-            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String})
-        return _reject_nan_costs(frame)
+            "FROM call_attempts a LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id "
+            f"WHERE a.campaign_id = '{campaign_id}'", {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, batch_size)
+        return (_reject_nan_costs(frame) for frame in frames)
 
-    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
-        if not contact_ids:
-            return pl.DataFrame(schema=ANSWERS_SCHEMA)
-        return self._read(
-            "SELECT r.contact_id::text AS contact_id, r.campaign_id::text AS campaign_id, "
-            "r.question_position::int8 AS position, r.answer FROM survey_responses r "
-            f"WHERE r.contact_id = ANY('{{{','.join(contact_ids)}}}'::uuid[])", ANSWERS_SCHEMA)
-
-    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
-        (attempts, answers), = self._rows(
-            "SELECT (SELECT count(*) FROM call_attempts a WHERE a.campaign_id = '{0}' AND NOT EXISTS "
-            "        (SELECT 1 FROM contacts c WHERE c.id = a.contact_id AND c.campaign_id = a.campaign_id)), "
-            "       (SELECT count(*) FROM survey_responses r WHERE r.campaign_id = '{0}' AND NOT EXISTS "
-            "        (SELECT 1 FROM contacts c WHERE c.id = r.contact_id AND c.campaign_id = r.campaign_id))"
-            .format(campaign_id))
-        return {"attempts_other_campaign": attempts, "answers_other_campaign": answers}
+    def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        return self._stream(
+            "SELECT c.created_at AS contact_created_at, r.contact_id::text AS contact_id, "
+            "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
+            "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
+            f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA, batch_size)
 
     def fingerprint(self, campaign_id: str) -> dict:
         row, = self._rows(
@@ -318,7 +313,7 @@ def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:
     if bad.height:
         raise SourceSchemaError(
             f"call_attempts.cost_usd is NaN for attempt {bad['nan_cost_id'][0]}: money must be a number")
-    return frame.drop("nan_cost_id")
+    return frame.drop("nan_cost_id").select(list(ATTEMPTS_SCHEMA))
 
 
 # --------------------------------------------------------------------------------------------- SQLite
@@ -411,13 +406,14 @@ class SqliteSource(SourceReader):
         return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
-        rows = self._rows("SELECT id, name, assistant_name, status, owner_email, completed_at FROM campaigns "
-                          f"WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
+        rows = self._rows("SELECT id, name, assistant_name, status, owner_email, completed_at, updated_at "
+                          f"FROM campaigns WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
         if not rows:
             return None
-        _, name, assistant, status, email, completed = rows[0]
+        _, name, assistant, status, email, completed, updated = rows[0]
         completed_at = parse_iso_timestamp(completed, "campaigns", "completed_at", campaign_id) if completed else None
-        return CampaignInfo(campaign_id, name, assistant, status, email, completed_at)
+        updated_at = parse_iso_timestamp(updated, "campaigns", "updated_at", campaign_id)
+        return CampaignInfo(campaign_id, name, assistant, status, email, completed_at, updated_at)
 
     def campaign_ids(self) -> list[str]:
         rows = self._rows("SELECT id FROM campaigns")
@@ -432,83 +428,72 @@ class SqliteSource(SourceReader):
             f"SELECT CAST(q.position AS INTEGER), q.prompt FROM survey_questions q "
             f"WHERE {self._where_campaign('q', campaign_id)} ORDER BY 1")]
 
-    def _contacts(self, campaign_id: str, options: ExportOptions) -> pl.DataFrame:
-        columns = ["id", "external_contact_id", "name", "business_name", "phone_number", "state", "attempt_count",
-                   "last_attempt_at", "completed_at", "created_at", "updated_at"]
+    def _contacts(self, campaign_id: str, states: tuple[str, ...] | None = None) -> pl.DataFrame:
+        columns = list(CONTACTS_SCHEMA)
         where = self._where_campaign("c", campaign_id)
-        if options.states is not None:
-            where += f" AND c.state IN ({_in_list(list(options.states))})"
+        if states is not None:
+            where += f" AND c.state IN ({_in_list(list(states))})"
         frame = self._read_text(
             "SELECT " + ", ".join(f"CAST(c.{col} AS TEXT) AS {col}" for col in columns)
             + f" FROM contacts c WHERE {where}", columns)
         frame = _timestamps(frame.with_columns(_canonical_uuid_expr("id")), "contacts",
                             ["last_attempt_at", "completed_at", "created_at", "updated_at"], "id")
-        if options.updated_from is not None:
-            frame = frame.filter(pl.col("updated_at") >= options.updated_from)
-        if options.updated_to is not None:
-            frame = frame.filter(pl.col("updated_at") < options.updated_to)
-        return frame.drop("updated_at").cast(CONTACTS_SCHEMA).sort("created_at", "id")
+        return frame.cast(CONTACTS_SCHEMA)
 
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
-        return self._contacts(campaign_id, options).height
+        contacts = self._contacts(campaign_id, options.states)
+        if options.updated_from is not None:
+            contacts = contacts.filter(pl.col("updated_at") >= options.updated_from)
+        if options.updated_to is not None:
+            contacts = contacts.filter(pl.col("updated_at") < options.updated_to)
+        return contacts.height
 
-    def contact_batches(self, campaign_id: str, options: ExportOptions) -> Iterator[pl.DataFrame]:
-        contacts = self._contacts(campaign_id, options)
-        for offset in range(0, contacts.height, options.batch_size):
-            yield contacts.slice(offset, options.batch_size)
+    def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
+        return self._contacts(campaign_id).select("created_at", "id")
 
-    def _ids_clause(self, alias: str, contact_ids: list[str]) -> str:
-        return f"lower(replace({alias}.contact_id, '-', '')) IN ({_in_list([c.replace('-', '') for c in contact_ids])})"
+    def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        yield self._contacts(campaign_id)
 
-    def attempts_for(self, contact_ids: list[str]) -> pl.DataFrame:
-        columns = ["id", "contact_id", "campaign_id", "attempt_number", "status", "started_at", "ended_at",
+    def _with_contact(self, alias: str, campaign_id: str) -> str:
+        """The join that gives each row its contact's created_at, when the contact is the campaign's."""
+        return (f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
+                f"AND {self._where_campaign('c', campaign_id)} WHERE {self._where_campaign(alias, campaign_id)}")
+
+    def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        columns = ["contact_created_at", "id", "contact_id", "attempt_number", "status", "started_at", "ended_at",
                    "ended_reason", "cost_text", "recording_url", "transcript_kind", "transcript_summary"]
         t = "a.transcript"
-        frames = []
-        for chunk in _chunks(contact_ids, 5_000):
-            frames.append(self._read_text(
-                "SELECT CAST(a.id AS TEXT) AS id, CAST(a.contact_id AS TEXT) AS contact_id, "
-                "CAST(a.campaign_id AS TEXT) AS campaign_id, CAST(a.attempt_number AS TEXT) AS attempt_number, "
-                "CAST(a.status AS TEXT) AS status, CAST(a.started_at AS TEXT) AS started_at, "
-                "CAST(a.ended_at AS TEXT) AS ended_at, CAST(a.ended_reason AS TEXT) AS ended_reason, "
-                "CAST(a.cost_usd AS TEXT) AS cost_text, CAST(a.recording_url AS TEXT) AS recording_url, "
-                f"CASE WHEN {t} IS NULL THEN NULL WHEN NOT json_valid({t}) THEN 'invalid_json' "
-                f"     WHEN json_type({t}) <> 'object' THEN 'not_object' "
-                f"     WHEN json_type({t}, '$.text') IS NULL THEN 'no_text' "
-                f"     WHEN json_type({t}, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END "
-                "  AS transcript_kind, "
-                f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'object' "
-                f"     AND json_type({t}, '$.text') = 'text' THEN substr(json_extract({t}, '$.text'), 1, 100) END END "
-                "  AS transcript_summary "
-                f"FROM call_attempts a WHERE {self._ids_clause('a', chunk)}", columns))
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in columns})
-        frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"),
-                                   _canonical_uuid_expr("campaign_id"))
-        frame = _timestamps(frame, "call_attempts", ["started_at", "ended_at"], "id")
+        frame = self._read_text(
+            "SELECT CAST(c.created_at AS TEXT) AS contact_created_at, CAST(a.id AS TEXT) AS id, "
+            "CAST(a.contact_id AS TEXT) AS contact_id, CAST(a.attempt_number AS TEXT) AS attempt_number, "
+            "CAST(a.status AS TEXT) AS status, CAST(a.started_at AS TEXT) AS started_at, "
+            "CAST(a.ended_at AS TEXT) AS ended_at, CAST(a.ended_reason AS TEXT) AS ended_reason, "
+            "CAST(a.cost_usd AS TEXT) AS cost_text, CAST(a.recording_url AS TEXT) AS recording_url, "
+            f"CASE WHEN {t} IS NULL THEN NULL WHEN NOT json_valid({t}) THEN 'invalid_json' "
+            f"     WHEN json_type({t}) <> 'object' THEN 'not_object' "
+            f"     WHEN json_type({t}, '$.text') IS NULL THEN 'no_text' "
+            f"     WHEN json_type({t}, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END "
+            "  AS transcript_kind, "
+            f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'object' "
+            f"     AND json_type({t}, '$.text') = 'text' THEN substr(json_extract({t}, '$.text'), 1, 100) END END "
+            "  AS transcript_summary "
+            f"FROM call_attempts a {self._with_contact('a', campaign_id)}", columns)
+        frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"))
+        frame = _timestamps(frame, "call_attempts", ["contact_created_at", "started_at", "ended_at"], "id")
         units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"])]
-        return frame.with_columns(pl.Series("cost_units", units, dtype=pl.Int64)).select(
+        yield frame.with_columns(pl.Series("cost_units", units, dtype=pl.Int64)).select(
             list(ATTEMPTS_SCHEMA)).cast(ATTEMPTS_SCHEMA)
 
-    def answers_for(self, contact_ids: list[str]) -> pl.DataFrame:
+    def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         columns = list(ANSWERS_SCHEMA)
-        frames = [self._read_text(
-            "SELECT CAST(r.contact_id AS TEXT) AS contact_id, CAST(r.campaign_id AS TEXT) AS campaign_id, "
-            "CAST(r.question_position AS TEXT) AS position, CAST(r.answer AS TEXT) AS answer "
-            f"FROM survey_responses r WHERE {self._ids_clause('r', chunk)}", columns)
-            for chunk in _chunks(contact_ids, 5_000)]
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String for c in columns})
-        return frame.with_columns(_canonical_uuid_expr("contact_id"), _canonical_uuid_expr("campaign_id")).cast(
-            ANSWERS_SCHEMA)
-
-    def misfiled_rows(self, campaign_id: str) -> dict[str, int]:
-        counts = {}
-        for kind, table, alias in (("attempts_other_campaign", "call_attempts", "a"),
-                                   ("answers_other_campaign", "survey_responses", "r")):
-            counts[kind] = self._rows(
-                f"SELECT count(*) FROM {table} {alias} WHERE {self._where_campaign(alias, campaign_id)} "
-                f"AND NOT EXISTS (SELECT 1 FROM contacts c WHERE lower(replace(c.id, '-', '')) = "
-                f"lower(replace({alias}.contact_id, '-', '')) AND {self._where_campaign('c', campaign_id)})")[0][0]
-        return counts
+        frame = self._read_text(
+            "SELECT CAST(c.created_at AS TEXT) AS contact_created_at, CAST(r.contact_id AS TEXT) AS contact_id, "
+            "CAST(r.question_position AS TEXT) AS position, CAST(r.answer AS TEXT) AS answer, "
+            f"CAST(r.answered_at AS TEXT) AS answered_at FROM survey_responses r {self._with_contact('r', campaign_id)}",
+            columns)
+        frame = _timestamps(frame.with_columns(_canonical_uuid_expr("contact_id")), "survey_responses",
+                            ["contact_created_at", "answered_at"], "contact_id")
+        yield frame.cast(ANSWERS_SCHEMA)
 
     def fingerprint(self, campaign_id: str) -> dict:
         def latest(table: str, column: str, alias: str, id_column: str = "id") -> tuple[int, str | None]:
@@ -533,7 +518,3 @@ class SqliteSource(SourceReader):
             "questions_count": questions,
         }
 
-
-def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]

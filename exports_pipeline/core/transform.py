@@ -1,7 +1,7 @@
-"""Turn one batch of contacts, with their attempts and answers, into export rows (native types).
+"""Turn one bucket of contacts, with their attempts and answers, into export rows (native types).
 
-Batches are whole contacts, so every rule here (latest attempt, totals, answers) is per contact and
-the result does not depend on the batch size. Money stays in exact integer ten-thousandths and
+Buckets are whole contacts, so every rule here (latest attempt, totals, answers) is per contact and
+the result does not depend on the bucket size. Money stays in exact integer ten-thousandths and
 durations in integer milliseconds until a writer formats them.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections import Counter
 
 import polars as pl
 
+from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.source import CampaignInfo
 
 ANOMALY_KINDS = (
@@ -27,22 +28,33 @@ def latest_attempts(attempts: pl.DataFrame) -> pl.DataFrame:
     return ordered.unique(subset="contact_id", keep="first", maintain_order=True)
 
 
-def build_batch(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.DataFrame, answers: pl.DataFrame,
-                question_count: int) -> tuple[pl.DataFrame, Counter]:
-    """Export rows for these contacts, in their order, plus the row anomalies met on the way."""
+def bucket_anomalies(attempts: pl.DataFrame, answers: pl.DataFrame, question_count: int) -> Counter:
+    """Row anomalies among the campaign's own attempts and answers of one bucket."""
     anomalies: Counter = Counter()
-    own_attempts = attempts.filter(pl.col("campaign_id") == campaign.id)
-    anomalies["attempts_other_campaign"] += attempts.height - own_attempts.height
-    for kind, count in own_attempts.group_by("transcript_kind").len().iter_rows():
+    for kind, count in attempts.group_by("transcript_kind").len().iter_rows():
         if kind in _TRANSCRIPT_ANOMALIES:
             anomalies[_TRANSCRIPT_ANOMALIES[kind]] += count
+    anomalies["answers_out_of_range"] += answers.filter(~pl.col("position").is_between(1, question_count)).height
+    return anomalies
 
-    own_answers = answers.filter(pl.col("campaign_id") == campaign.id)
-    anomalies["answers_other_campaign"] += answers.height - own_answers.height
-    in_range = own_answers.filter(pl.col("position").is_between(1, question_count))
-    anomalies["answers_out_of_range"] += own_answers.height - in_range.height
 
-    latest = latest_attempts(own_attempts).select(
+def select_contacts(contacts: pl.DataFrame, options: ExportOptions) -> pl.DataFrame:
+    """The contacts the run options keep (states, updated_at window); order is kept."""
+    keep = pl.lit(True)
+    if options.states is not None:
+        keep &= pl.col("state").is_in(options.states)
+    if options.updated_from is not None:
+        keep &= pl.col("updated_at") >= options.updated_from
+    if options.updated_to is not None:
+        keep &= pl.col("updated_at") < options.updated_to
+    return contacts.filter(keep)
+
+
+def build_rows(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.DataFrame, answers: pl.DataFrame,
+               question_count: int) -> pl.DataFrame:
+    """Export rows for these contacts, in their order, from the campaign's own attempts and answers."""
+    in_range = answers.filter(pl.col("position").is_between(1, question_count))
+    latest = latest_attempts(attempts).select(
         "contact_id",
         pl.col("status").alias("call_status"),
         pl.col("started_at").alias("call_started_at"),
@@ -53,10 +65,10 @@ def build_batch(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.Dat
         "recording_url",
         "transcript_summary",
     )
-    totals = own_attempts.group_by("contact_id").agg(
+    totals = attempts.group_by("contact_id").agg(
         pl.when(pl.col("cost_units").count() > 0).then(pl.col("cost_units").sum()).alias("total_cost_units"))
     frame = (
-        contacts.rename({"id": "contact_id", "state": "outcome"})
+        contacts.drop("updated_at").rename({"id": "contact_id", "state": "outcome"})
         .join(latest, on="contact_id", how="left", maintain_order="left")
         .join(totals, on="contact_id", how="left", maintain_order="left")
     )
@@ -70,4 +82,4 @@ def build_batch(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.Dat
         pl.lit(campaign.name, pl.String).alias("campaign_name"),
         pl.lit(campaign.assistant_name, pl.String).alias("assistant_name"),
     )
-    return frame, anomalies
+    return frame

@@ -1,0 +1,87 @@
+"""Buckets of contacts in export order, spilled to local disk, so memory does not grow with the campaign.
+
+The source streams each table once, in any order (a plain scan is what PostgreSQL serves fastest).
+Every row is routed by its contact's export-order key (created_at, id) to the bucket whose key range
+holds it; buckets are then read back one at a time, in order. The boundaries only bound the size of a
+bucket: whatever they are, the concatenation of the sorted buckets is the export order, so the output
+never depends on them (nor on the batch size).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+_KEY_OFFSET = 1 << 62  # makes epoch microseconds (pre-1970 too) non-negative so that text order is time order
+SAMPLES_PER_BUCKET = 20
+
+
+def order_key(created_at: str, contact_id: str) -> pl.Expr:
+    """(created_at, id) as one string that sorts in export order."""
+    micros = (pl.col(created_at).dt.epoch("us") + _KEY_OFFSET).cast(pl.String).str.zfill(19)
+    return (micros + pl.col(contact_id)).alias("order_key")
+
+
+def sample_fraction(contacts: int, batch_size: int) -> float:
+    """Share of contacts to sample so that each bucket gets about SAMPLES_PER_BUCKET samples."""
+    buckets = math.ceil(contacts / batch_size)
+    return 1.0 if buckets <= 1 else min(1.0, SAMPLES_PER_BUCKET * buckets / contacts)
+
+
+def bucket_boundaries(sample: pl.DataFrame, contacts: int, batch_size: int) -> pl.Series:
+    """The first key of every bucket but the first, from a sample of (created_at, id)."""
+    buckets = math.ceil(contacts / batch_size)
+    keys = sample.select(order_key("created_at", "id")).to_series().sort()
+    if buckets <= 1 or keys.is_empty():
+        return pl.Series("order_key", [], dtype=pl.String)
+    picks = sorted({round(i * keys.len() / buckets) for i in range(1, buckets)} - {0, keys.len()})
+    return keys.gather(picks).unique(maintain_order=True)
+
+
+class BucketSpill:
+    """Per table and bucket, an Arrow IPC stream file in a folder. One thread per table may add rows."""
+
+    def __init__(self, folder: Path, boundaries: pl.Series):
+        self.folder, self.boundaries = folder, boundaries
+        self.count = boundaries.len() + 1
+        self._writers: dict[tuple[str, int], ipc.RecordBatchStreamWriter] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, table: str, bucket: int) -> Path:
+        return self.folder / f"{table}-{bucket:06d}.arrows"
+
+    def add(self, table: str, rows: pl.DataFrame, created_at: str, contact_id: str) -> None:
+        if rows.is_empty():
+            return
+        if self.count == 1:
+            parts = {0: rows}
+        else:
+            buckets = self.boundaries.search_sorted(rows.select(order_key(created_at, contact_id)).to_series(),
+                                                    side="right")
+            parts = {key[0]: part for key, part in
+                     rows.with_columns(buckets.alias("bucket")).partition_by("bucket", as_dict=True,
+                                                                             include_key=False).items()}
+        for bucket, part in parts.items():
+            table_part = part.to_arrow()
+            with self._lock:
+                writer = self._writers.get((table, bucket))
+                if writer is None:
+                    writer = self._writers[(table, bucket)] = ipc.new_stream(self._path(table, bucket),
+                                                                               table_part.schema)
+            writer.write_table(table_part)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def read(self, table: str, bucket: int, schema: dict) -> pl.DataFrame:
+        path = self._path(table, bucket)
+        if not path.exists():
+            return pl.DataFrame(schema=schema)
+        with pa.memory_map(str(path)) as source:
+            return pl.from_arrow(ipc.open_stream(source).read_all()).cast(schema)

@@ -28,10 +28,22 @@ DEMO_CAMPAIGNS = 4
 
 
 def _instance():
+    """The instance in $DAGSTER_HOME. Unset: the embedded default ./.dagster_home, whose dagster.yaml is
+    written here (the top-level dagster.yaml is the production instance, in PostgreSQL)."""
     import dagster as dg
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if home == Path(".dagster_home").resolve() and not config.exists():
+        config.write_text(
+            "# The embedded default instance: run history in this folder (SQLite).\n"
+            "run_coordinator:  # Dagster's run queue, adding the export tags to runs launched from the UI\n"
+            "  module: exports_pipeline.run_tags\n"
+            "  class: ExportRunCoordinator\n"
+            "concurrency:\n"
+            "  pools:\n"
+            "    default_limit: 2  # simultaneous reads of the source database (pool \"source_database\")\n")
     return dg.DagsterInstance.get()
 
 
@@ -106,6 +118,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    """Made here, not in a Dagster run: a link is a read of latest.json plus a local signature."""
+    from exports_pipeline.core.destinations import open_destination
+    from exports_pipeline.core.links import latest_link
+
+    print(latest_link(open_destination(resolve_locations().destination), args.campaign_id, args.format))
+    return 0
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     from exports_pipeline.core.seed import seed_source
 
@@ -138,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.")
     export.set_defaults(func=cmd_export)
+
+    link = commands.add_parser("link", help="Print a download link to the latest export of a campaign "
+                                            "(presigned S3 URL, or the file path for a local destination).")
+    link.add_argument("campaign_id", help="The campaign's UUID.")
+    link.add_argument("--format", choices=FORMATS, default="csv", help="Which file of the snapshot (default csv).")
+    link.set_defaults(func=cmd_link)
 
     seed = commands.add_parser("seed", help="Generate a synthetic source database (PostgreSQL or SQLite).")
     seed.add_argument("--url", required=True, help="postgresql://... or sqlite:///path")

@@ -2,6 +2,7 @@
 
 Publication (publish.py) only needs: upload a file, put small bytes, read with a version token,
 write only if the version is unchanged (so latest.json never moves backwards), list and delete.
+Links (links.py) and retention (retention.py) use the same interface.
 """
 from __future__ import annotations
 
@@ -10,11 +11,27 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exports_pipeline.core.errors import PublicationError
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from exports_pipeline.core.errors import ConfigurationError, DestinationError, PublicationError
+
+MiB = 1 << 20
+MAX_PARTS = 10_000  # S3's limit of parts per multipart upload
+SSE_MODES = (None, "AES256", "aws:kms")
+# Answers to a conditional write whose condition no longer holds (412), that raced another
+# conditional write (409), or whose If-Match object was deleted meanwhile (404).
+CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +62,15 @@ class Destination(ABC):
         """Write only if the object still has this version (None: only if absent). False if it changed."""
 
     @abstractmethod
-    def list(self, prefix: str) -> list[StoredObject]: ...
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Objects whose key starts with prefix, in key order (retention groups them as they come)."""
 
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
+
+    def link(self, key: str, filename: str, expires_in: int) -> str:
+        """Where a user downloads the key; a local file is its own link (S3 presigns a URL)."""
+        return self.location(key)
 
 
 class LocalDestination(Destination):
@@ -110,25 +132,148 @@ class LocalDestination(Destination):
             self.put_bytes(key, data, content_type)
             return True
 
-    def list(self, prefix: str) -> list[StoredObject]:
+    def list(self, prefix: str) -> Iterator[StoredObject]:
         root = self._path(prefix) if prefix else self.base
-        if not root.exists():
-            return []
-        found = []
         for path in sorted(root.rglob("*")):
             if path.is_file() and path.name != ".lock":
                 stat = path.stat()
-                found.append(StoredObject(path.relative_to(self.base).as_posix(), stat.st_size,
-                                          datetime.fromtimestamp(stat.st_mtime, timezone.utc)))
-        return found
+                yield StoredObject(path.relative_to(self.base).as_posix(), stat.st_size,
+                                   datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            self._path(key).unlink(missing_ok=True)
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            if path.parent != self.base:
+                with suppress(OSError):  # a snapshot folder emptied by retention goes too
+                    path.parent.rmdir()
 
 
-def open_destination(url: str) -> Destination:
-    """s3://bucket/prefix or a local folder."""
+def part_size(size: int, minimum: int) -> int:
+    """The smallest whole-MiB part size, at least minimum, that uploads size bytes in MAX_PARTS parts."""
+    needed = -(-size // MAX_PARTS)
+    return max(minimum, -(-needed // MiB) * MiB)
+
+
+class S3Destination(Destination):
+    """s3://bucket/prefix through a boto3 client.
+
+    Files are streamed from disk by boto3's managed transfer (multipart above the threshold; on a
+    failure it aborts the multipart upload, so no part stays billed and no object appears), and the
+    stored size is read back. latest.json is written with If-Match / If-None-Match so that a
+    concurrent run cannot be overwritten unseen. Server-side encryption applies to every object.
+    """
+
+    def __init__(self, client, bucket: str, prefix: str = "", *, sse: str | None = None,
+                 kms_key_id: str | None = None, multipart_threshold: int = 8 * MiB, min_part_size: int = 8 * MiB):
+        if sse not in SSE_MODES:
+            raise ConfigurationError(f"server-side encryption {sse!r}: use AES256 or aws:kms (or none)")
+        if kms_key_id and sse != "aws:kms":
+            raise ConfigurationError("a KMS key id needs server-side encryption aws:kms")
+        self.client, self.bucket = client, bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.encryption = ({"ServerSideEncryption": sse} if sse else {}) | (
+            {"SSEKMSKeyId": kms_key_id} if kms_key_id else {})
+        self.multipart_threshold, self.min_part_size = multipart_threshold, min_part_size
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    @contextmanager
+    def _errors(self, action: str, key: str, error: type[Exception] = PublicationError):
+        """botocore's errors as ours, naming the object (their messages carry no credentials)."""
+        try:
+            yield
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            raise error(f"S3 {action} {self.location(key)} failed: {exc}") from exc
+
+    def upload_file(self, key: str, path: Path, content_type: str) -> int:
+        size = path.stat().st_size
+        transfer = TransferConfig(multipart_threshold=self.multipart_threshold,
+                                  multipart_chunksize=part_size(size, self.min_part_size))
+        with self._errors("upload to", key):
+            self.client.upload_file(str(path), self.bucket, self.prefix + key, Config=transfer,
+                                    ExtraArgs={"ContentType": content_type, **self.encryption})
+            return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ContentLength"]
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        with self._errors("put", key):
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type,
+                                   **self.encryption)
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        with self._errors("get", key, DestinationError):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "NoSuchKey":
+                    return None, None
+                raise
+            with response["Body"] as body:
+                return body.read(), response["ETag"]
+
+    def write_if_version(self, key: str, data: bytes, version: str | None, content_type: str) -> bool:
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        with self._errors("conditional put", key):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data,
+                                       ContentType=content_type, **condition, **self.encryption)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in CONDITION_FAILED:
+                    return False
+                raise
+        return True
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        with self._errors("list", prefix, DestinationError):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self.prefix + prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"][len(self.prefix):], item["Size"], item["LastModified"])
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = keys[start:start + 1000]
+            with self._errors("delete", batch[0], DestinationError):
+                response = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self.prefix + key} for key in batch], "Quiet": True})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise DestinationError(f"S3 delete of {len(response['Errors'])} object(s) failed, first "
+                                       f"s3://{self.bucket}/{first['Key']}: {first['Code']}")
+
+    def link(self, key: str, filename: str, expires_in: int) -> str:
+        """A presigned GET URL that downloads under filename (made locally: no request to S3)."""
+        with self._errors("presign", key, DestinationError):
+            return self.client.generate_presigned_url("get_object", ExpiresIn=expires_in, Params={
+                "Bucket": self.bucket, "Key": self.prefix + key,
+                "ResponseContentDisposition": f'attachment; filename="{filename}"'})
+
+
+def s3_client(session: boto3.session.Session | None = None, *, endpoint_url: str | None = None,
+              max_attempts: int = 5, unsigned: bool = False, **client_options):
+    """A boto3 S3 client for exports; credentials and region from the standard AWS chain unless given.
+
+    Standard retry mode (throttling and 5xx answers retried with backoff); SigV4 always, which
+    presigned links need for SSE-KMS objects (boto3 may presign with SigV2). For an S3-compatible
+    endpoint (AWS_ENDPOINT_URL: MinIO...), checksums only where the API requires them (boto3's default
+    integrity checksums are rejected by several such stores) and path-style addressing (no bucket
+    DNS names).
+    """
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    compatible = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
+                  "s3": {"addressing_style": "path"}} if endpoint else {}
+    config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
+                    signature_version=UNSIGNED if unsigned else "s3v4", **compatible)
+    return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint, config=config, **client_options)
+
+
+def open_destination(url: str, *, client=None, sse: str | None = None, kms_key_id: str | None = None) -> Destination:
+    """s3://bucket/prefix (through the given boto3 client, else s3_client()) or a local folder."""
     if url.startswith("s3://"):
-        raise PublicationError("s3:// destinations are not supported yet")
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ConfigurationError(f"destination {url!r} names no bucket")
+        return S3Destination(client or s3_client(), bucket, prefix, sse=sse, kms_key_id=kms_key_id)
     return LocalDestination(url)

@@ -32,3 +32,7 @@ class PublicationError(ExportError):
 
 class BlockingCheckError(ExportError):
     """A blocking check failed before publication; nothing was published."""
+
+
+class DestinationError(ExportError):
+    """The destination could not be read, listed or cleaned up (links, retention)."""

@@ -85,13 +85,18 @@ def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, f
 
 
 def move_latest(destination: Destination, campaign_id: str, snapshot: str, manifest_key: str) -> bool:
-    """Point latest.json at this snapshot unless it already names a newer one. True if it moved."""
+    """Point latest.json at this snapshot unless it already names a newer one. True if it names this one.
+
+    latest.json naming this very snapshot already means our write landed though its answer was lost
+    (a retried conditional write then fails its condition): snapshot names are unique per run.
+    """
     payload = json.dumps({"snapshot": snapshot, "manifest": manifest_key}, indent=2).encode()
     key = latest_key(campaign_id)
     for _ in range(20):
         data, version = destination.read_versioned(key)
-        if data is not None and json.loads(data)["snapshot"] >= snapshot:
-            return False
+        named = json.loads(data)["snapshot"] if data is not None else None
+        if named is not None and named >= snapshot:
+            return named == snapshot
         if destination.write_if_version(key, data=payload, version=version, content_type="application/json"):
             return True
     raise PublicationError(f"latest.json of campaign {campaign_id} kept changing; gave up moving it")

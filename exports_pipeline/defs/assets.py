@@ -127,5 +127,6 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
                      + ("" if published.latest_moved else " (latest.json not moved)"))
     for fmt in options.formats:
         yield dg.MaterializeResult(asset_key=FORMAT_KEYS[fmt],
-                                   metadata=_file_metadata(staged, published, target, fmt))
+                                   metadata=_file_metadata(staged, published, target, fmt)
+                                   | destination.link_metadata(target, published, fmt))
     yield dg.MaterializeResult(asset_key=STATS_KEY, metadata=_stats_metadata(staged, published, target))

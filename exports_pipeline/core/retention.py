@@ -1,0 +1,95 @@
+"""Retention (SPEC section 4): delete old snapshots and the leftovers of failed runs, never what
+latest.json names.
+
+- expired: a complete snapshot (it has manifest.json) taken more than retention_days ago;
+- incomplete: a snapshot folder without manifest.json whose newest object is older than the grace
+  period (a younger one may belong to an export that is uploading right now);
+- partial: a ".partial-*" file of the local destination (an interrupted write) older than the grace.
+
+Only keys that follow the layout (campaign_id=<id>/<snapshot>/...) are considered; anything else
+under the destination is left alone.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from itertools import groupby
+
+from exports_pipeline.core.destinations import Destination, StoredObject
+from exports_pipeline.core.errors import ConfigurationError
+from exports_pipeline.core.publish import read_latest
+
+SNAPSHOT_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+CAMPAIGN_FOLDER = "campaign_id="
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One thing retention removes: a snapshot folder or a stray file, with every key it holds."""
+
+    path: str
+    reason: str  # "expired", "incomplete" or "partial"
+    keys: tuple[str, ...]
+
+
+def snapshot_time(name: str) -> datetime | None:
+    """The source snapshot time a snapshot folder is named after; None for other names."""
+    try:
+        return datetime.strptime(name.split("-", 1)[0], SNAPSHOT_TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def plan_retention(destination: Destination, retention_days: int, *, leftover_grace: timedelta = timedelta(hours=24),
+                   now: datetime | None = None) -> list[Removal]:
+    """What apply_retention would remove, campaign by campaign (the listing comes in key order)."""
+    if retention_days < 1:
+        raise ConfigurationError(f"retention of {retention_days} days: keep snapshots at least 1 day")
+    now = now or datetime.now(timezone.utc)
+    removals: list[Removal] = []
+    for folder, objects in groupby(destination.list(""), key=lambda o: o.key.split("/", 1)[0]):
+        if folder.startswith(CAMPAIGN_FOLDER):
+            removals += _campaign_removals(destination, folder, list(objects), now - timedelta(days=retention_days),
+                                           now - leftover_grace)
+    return removals
+
+
+def _campaign_removals(destination: Destination, folder: str, objects: list[StoredObject], expired_before: datetime,
+                       leftover_before: datetime) -> list[Removal]:
+    latest = read_latest(destination, folder.removeprefix(CAMPAIGN_FOLDER))
+    named = latest["snapshot"] if latest else None
+    removals = []
+    snapshots: dict[str, list[StoredObject]] = defaultdict(list)
+    for obj in objects:
+        parts = obj.key.split("/")
+        if parts[-1].startswith(".partial-"):
+            if obj.modified < leftover_before:
+                removals.append(Removal(obj.key, "partial", (obj.key,)))
+        elif len(parts) >= 3:
+            snapshots[parts[1]].append(obj)
+    for snapshot, files in snapshots.items():
+        taken = snapshot_time(snapshot)
+        if snapshot == named or taken is None:
+            continue
+        keys = tuple(o.key for o in files)
+        if not any(o.key == f"{folder}/{snapshot}/manifest.json" for o in files):
+            if max(o.modified for o in files) < leftover_before:
+                removals.append(Removal(f"{folder}/{snapshot}", "incomplete", keys))
+        elif taken < expired_before:
+            removals.append(Removal(f"{folder}/{snapshot}", "expired", keys))
+    return removals
+
+
+def apply_retention(destination: Destination, retention_days: int, *, dry_run: bool = False,
+                    leftover_grace: timedelta = timedelta(hours=24), now: datetime | None = None) -> list[Removal]:
+    """Remove (or, in a dry run, only list) what retention finds; returns it.
+
+    Manifests go first, so that no reader ever finds a manifest whose files are already gone.
+    """
+    removals = plan_retention(destination, retention_days, leftover_grace=leftover_grace, now=now)
+    if not dry_run:
+        keys = [key for removal in removals for key in removal.keys]
+        destination.delete([key for key in keys if key.endswith("/manifest.json")])
+        destination.delete([key for key in keys if not key.endswith("/manifest.json")])
+    return removals

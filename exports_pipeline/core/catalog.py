@@ -1,0 +1,227 @@
+"""The campaign catalog that the sensors and the nightly schedule read: small, paginated, read-only queries.
+
+No Dagster here. Every listing is a keyset page (``ORDER BY key LIMIT n`` after a position), so a
+sensor tick costs a few short statements whatever the number of campaigns. PostgreSQL: one
+autocommit connection, read-only, named application_name=exports-pipeline, every statement bounded
+by a statement timeout. Listing by id uses the primary key; listing by (created_at, id) or
+(updated_at, id) scans the campaigns table (tens of thousands of rows: milliseconds) unless the
+indexes the README recommends exist. SQLite (the embedded demo, a handful of campaigns): the
+campaigns table is read whole and paged in Python, because its ids and timestamps are free-form text.
+
+Fingerprints (SPEC section 5) for many campaigns: one set-based query per page of ids in PostgreSQL,
+giving exactly what SourceReader.fingerprint gives per campaign; SQLite delegates to SourceReader.
+"""
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import psycopg
+
+from exports_pipeline.core.errors import ConfigurationError, InvalidInputError, SourceUnavailableError
+from exports_pipeline.core.ids import parse_campaign_id
+from exports_pipeline.core.source import (
+    APPLICATION_NAME,
+    _pg_timestamp_fields,
+    open_source,
+    parse_iso_timestamp,
+)
+from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
+
+NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
+Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @property
+    def created_position(self) -> Position:
+        return self.created_at, self.id
+
+    @property
+    def updated_position(self) -> Position:
+        return self.updated_at, self.id
+
+
+def canonical_ids(keys) -> list[str]:
+    """The keys that are campaign ids in canonical form (partition keys may hold anything)."""
+    valid = []
+    for key in keys:
+        try:
+            if parse_campaign_id(key) == key:
+                valid.append(key)
+        except InvalidInputError:
+            pass
+    return valid
+
+
+class Catalog(ABC):
+    """Read-only campaign listings. Use as a context manager."""
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The source database's clock (what its timestamps are compared with)."""
+
+    @abstractmethod
+    def created_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        """Campaigns whose (created_at, id) is greater than after, in that order."""
+
+    @abstractmethod
+    def completed_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        """Completed campaigns whose (updated_at, id) is greater than after, in that order."""
+
+    @abstractmethod
+    def ids_after(self, after: str | None, limit: int) -> list[str]:
+        """Campaign ids greater than after (all when None), in id order."""
+
+    @abstractmethod
+    def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
+        """SourceReader.fingerprint of each of these campaigns that exists (others are left out)."""
+
+
+def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        return PostgresCatalog(url, statement_timeout_ms)
+    if scheme == "sqlite":
+        return SqliteCatalog(url)
+    raise ConfigurationError(
+        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+class PostgresCatalog(Catalog):
+    _COLUMNS = "id::text, status, created_at, updated_at, completed_at"
+
+    def __init__(self, url: str, statement_timeout_ms: int):
+        self._url = url
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
+                                         options=f"-c statement_timeout={int(statement_timeout_ms)} "
+                                                 "-c default_transaction_read_only=on")
+        except psycopg.Error as exc:
+            raise SourceUnavailableError(
+                f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _rows(self, sql: str, params: tuple) -> list[tuple]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise SourceUnavailableError(
+                f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
+
+    def _campaigns(self, sql: str, params: tuple) -> list[CampaignRow]:
+        return [CampaignRow(i, s, _utc(c), _utc(u), _utc(d)) for i, s, c, u, d in self._rows(sql, params)]
+
+    def now(self) -> datetime:
+        return _utc(self._rows("SELECT now()", ())[0][0])
+
+    def created_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        return self._campaigns(
+            f"SELECT {self._COLUMNS} FROM campaigns WHERE (created_at, id) > (%s, %s::uuid) "
+            "ORDER BY created_at, id LIMIT %s", (*after, limit))
+
+    def completed_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        return self._campaigns(
+            f"SELECT {self._COLUMNS} FROM campaigns WHERE status = 'completed' AND (updated_at, id) > (%s, %s::uuid) "
+            "ORDER BY updated_at, id LIMIT %s", (*after, limit))
+
+    def ids_after(self, after: str | None, limit: int) -> list[str]:
+        return [r[0] for r in self._rows("SELECT id::text FROM campaigns WHERE id > %s::uuid ORDER BY id LIMIT %s",
+                                          (after or NIL_ID, limit))]
+
+    def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
+        ids = sorted(canonical_ids(campaign_ids))
+        if not ids:
+            return {}
+        # The aggregates of PostgresSource.fingerprint, grouped by campaign. The child tables are read over
+        # the id range of the page (one index range scan each; callers pass consecutive ids in order),
+        # which PostgreSQL does several times faster than probing the index once per id.
+        in_range = "campaign_id BETWEEN %(first)s::uuid AND %(last)s::uuid"
+        rows = self._rows(
+            "SELECT c.id::text, c.updated_at, coalesce(ct.n, 0), ct.m, coalesce(a.n, 0), a.m, coalesce(r.n, 0), r.m, "
+            "       coalesce(q.n, 0) "
+            "FROM campaigns c "
+            "LEFT JOIN (SELECT campaign_id, count(*) n, max(updated_at) m FROM contacts "
+            f"           WHERE {in_range} GROUP BY campaign_id) ct ON ct.campaign_id = c.id "
+            "LEFT JOIN (SELECT campaign_id, count(*) n, max(coalesce(ended_at, started_at)) m FROM call_attempts "
+            f"           WHERE {in_range} GROUP BY campaign_id) a ON a.campaign_id = c.id "
+            "LEFT JOIN (SELECT campaign_id, count(*) n, max(answered_at) m FROM survey_responses "
+            f"           WHERE {in_range} GROUP BY campaign_id) r ON r.campaign_id = c.id "
+            "LEFT JOIN (SELECT campaign_id, count(*) n FROM survey_questions "
+            f"           WHERE {in_range} GROUP BY campaign_id) q ON q.campaign_id = c.id "
+            "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]})
+        return {row[0]: _pg_timestamp_fields(row[1:]) for row in rows}
+
+
+class SqliteCatalog(Catalog):
+    def __init__(self, url: str):
+        path = sqlite_path(url).resolve()
+        if not path.is_file():
+            raise ConfigurationError(f"SQLite source {path} does not exist (`exports-pipeline demo` creates the demo)")
+        self._url = url
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                rows = conn.execute(
+                    "SELECT id, status, created_at, updated_at, completed_at FROM campaigns").fetchall()
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"cannot read SQLite source {path}: {exc}") from None
+        self._campaigns = [self._row(*r) for r in rows]
+
+    @staticmethod
+    def _row(raw_id, status, created, updated, completed) -> CampaignRow:
+        cid = parse_campaign_id(raw_id)
+
+        def instant(text, column):
+            return parse_iso_timestamp(str(text), "campaigns", column, cid) if text is not None else None
+
+        return CampaignRow(cid, status, instant(created, "created_at"), instant(updated, "updated_at"),
+                           instant(completed, "completed_at"))
+
+    def close(self) -> None:
+        pass
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def created_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        rows = sorted((r for r in self._campaigns if r.created_position > after), key=lambda r: r.created_position)
+        return rows[:limit]
+
+    def completed_after(self, after: Position, limit: int) -> list[CampaignRow]:
+        rows = sorted((r for r in self._campaigns if r.status == "completed" and r.updated_position > after),
+                      key=lambda r: r.updated_position)
+        return rows[:limit]
+
+    def ids_after(self, after: str | None, limit: int) -> list[str]:
+        return sorted(r.id for r in self._campaigns if after is None or r.id > after)[:limit]
+
+    def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
+        known = {r.id for r in self._campaigns}
+        with open_source(self._url) as source:
+            return {cid: source.fingerprint(cid) for cid in campaign_ids if cid in known}

@@ -1,0 +1,50 @@
+"""The production dagster.yaml and the deploy/ example, checked by Dagster itself: the instance is built
+from the file on PostgreSQL, and the ECS example is validated against dagster-aws's own schema."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import yaml
+from dagster._config import validate_config  # Dagster has no public API that validates instance config
+from dagster._core.instance.config import dagster_instance_config
+from dagster_aws.ecs import EcsRunLauncher
+
+from exports_pipeline.run_tags import ExportRunCoordinator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def use_storage_database(monkeypatch, url: str) -> None:
+    parts = urlsplit(url)
+    for name, value in {"DAGSTER_PG_HOST": parts.hostname, "DAGSTER_PG_PORT": str(parts.port or 5432),
+                        "DAGSTER_PG_USER": parts.username or "postgres", "DAGSTER_PG_PASSWORD": parts.password or "",
+                        "DAGSTER_PG_DB": parts.path.lstrip("/")}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_production_instance_runs_on_postgresql_with_queue_pool_monitoring_and_retries(pg_url, tmp_path,
+                                                                                           monkeypatch):
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    use_storage_database(monkeypatch, pg_url)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("campaigns", ["c1000000-0000-4000-8000-000000000001"])  # a real write
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert isinstance(instance.run_coordinator, ExportRunCoordinator)
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
+        assert instance.run_monitoring_enabled and instance.run_retries_max_retries > 0
+        assert not instance.run_retries_retry_on_asset_or_op_failure  # the asset's RetryPolicy handles those
+    assert [p.name for p in tmp_path.iterdir()] == ["dagster.yaml"]
+
+
+def test_the_ecs_example_is_a_valid_run_launcher_for_the_production_instance(monkeypatch):
+    use_storage_database(monkeypatch, "postgresql://dagster:secret@db.internal:5432/dagster")
+    example = yaml.safe_load((REPO / "deploy" / "ecs" / "run_launcher.yaml").read_text())
+    config, _ = dagster_instance_config(str(REPO), overrides=example)
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_aws.ecs", "EcsRunLauncher")
+    result = validate_config(EcsRunLauncher.config_type(), launcher["config"])
+    assert result.success, [e.message for e in result.errors]

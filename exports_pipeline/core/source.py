@@ -184,8 +184,10 @@ class PostgresSource(SourceReader):
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             f"SET TRANSACTION SNAPSHOT '{snapshot_id}'",
             f"SET statement_timeout = {self._timeout}",
-            # The join of attempts and answers to their contacts hashes the campaign's contacts in memory.
+            # The join of attempts and answers to their contacts hashes the campaign's contacts in memory;
+            # JIT compilation costs seconds per plan and saves nothing on these plain scans.
             "SET work_mem = '256MB'",
+            "SET jit = off",
         ]
 
     @staticmethod

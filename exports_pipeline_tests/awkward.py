@@ -36,7 +36,7 @@ CONTACTS = [
     (K1, C1, "", 'Zoë, "Z"', "Café 東京 😀", "+15551234567", "completed", 3,
      "2026-01-02 12:00:00.123999+02:00", "1969-12-31 23:59:59.9995+00:00",
      "2026-01-01 10:00:00+00:00", "2026-01-03 00:00:00+00:00"),
-    (K3, C1, None, None, "", "555-1234", "pending", 0, None, None,
+    (K3, C1, "\nfirst line empty", None, "", "555-1234", "pending", 0, None, None,
      "2026-01-01 11:00:00.000001+00:00", "2026-01-04 00:00:00+00:00"),
     (K2, C1, "@ext", "\rcarriage", "-minus", "=1+1", "refused", 1, None, None,
      "2026-01-01 11:00:00.000001+00:00", "2026-01-03 00:00:00+00:00"),
@@ -98,7 +98,8 @@ EXPECTED_ROWS = [
     [C1, NAME, ASSISTANT, K2, "'@ext", "'\rcarriage", "'-minus", "'=1+1", "refused", "1", None, None,
      "busy", "2150-01-01T00:00:05.000Z", "2150-01-01T00:00:02.500Z", "-2.500", "'+plus reason", None, None,
      None, None, None, "'@mention", None, None],
-    [C1, NAME, ASSISTANT, K3, None, None, "", "555-1234", "pending", "0", None, None, None, None, None, None,
+    [C1, NAME, ASSISTANT, K3, "'\nfirst line empty", None, "", "555-1234", "pending", "0", None, None, None, None,
+     None, None,
      None, None, None, None, None, None, None, None, None],
 ]
 # A row filed under one campaign for another campaign's contact counts in the export of the campaign it is

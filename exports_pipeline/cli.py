@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         campaign_ids = source.campaign_ids()
     config = {"formats": list(DEFAULT_FORMATS)}
     for cid in campaign_ids:
-        for location in export_through_dagster(locations, cid, config, "demo"):
+        for location in export_through_dagster(locations, cid, config, "manual"):
             print(location)
     print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
     return 0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from exports_pipeline_tests import awkward
@@ -23,7 +24,7 @@ def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
 
 
-def test_demo_end_to_end_from_an_empty_folder(tmp_path):
+def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
     result = run_cli(["demo"], tmp_path)
     assert result.returncode == 0, result.stderr
     exports = tmp_path / "demo" / "exports"
@@ -37,6 +38,12 @@ def test_demo_end_to_end_from_an_empty_folder(tmp_path):
     assert (tmp_path / ".dagster_home").is_dir()  # the run history of the embedded default
     again = run_cli(["demo"], tmp_path)  # the source exists now: it is reused, exports made anew
     assert again.returncode == 0, again.stderr
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster_home"))
+    with dg.DagsterInstance.get() as instance:  # the run history is the export history
+        runs = instance.get_runs()
+    campaigns = {p.parent.name.removeprefix("campaign_id=") for p in latest_files}
+    assert len(runs) == 2 * len(campaigns) and all(r.is_success for r in runs)
+    assert {r.tags["campaign_id"] for r in runs} == campaigns and {r.tags["trigger"] for r in runs} == {"manual"}
 
 
 def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):

@@ -10,6 +10,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -107,8 +108,25 @@ class LocalDestination(Destination):
         return target
 
     def upload_file(self, key: str, path: Path, content_type: str) -> int:
-        with open(path, "rb") as source:
-            return self._replace_into(key, lambda handle: shutil.copyfileobj(source, handle, 1 << 20)).stat().st_size
+        """The staged file is immutable: a hard link publishes it without copying its bytes when staging
+        and the destination share a file system; otherwise it is copied."""
+        target = self._path(key)
+        link = target.parent / f".partial-{uuid.uuid4().hex}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, link)
+        except OSError:
+            with open(path, "rb") as source:
+                return self._replace_into(key, lambda handle: shutil.copyfileobj(source, handle, 1 << 20)
+                                          ).stat().st_size
+        try:
+            with open(link, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(link, target)
+        except OSError as exc:
+            link.unlink(missing_ok=True)
+            raise PublicationError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return target.stat().st_size
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._replace_into(key, lambda handle: handle.write(data))

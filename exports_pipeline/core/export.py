@@ -42,7 +42,6 @@ from exports_pipeline.core.source import (
 )
 from exports_pipeline.core.spill import BucketSpill, bucket_boundaries, sample_fraction
 from exports_pipeline.core.stats import CampaignStats, percentage
-from exports_pipeline.core.summary_pdf import write_summary_pdf
 from exports_pipeline.core.transform import ANOMALY_KINDS, bucket_anomalies, build_rows, select_contacts
 from exports_pipeline.core.writers import (
     E164,
@@ -206,31 +205,40 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
                           "answers_other_campaign": tallies["answers"].misfiled})
 
-        # Phase 2: bucket by bucket, in export order.
+        # Phase 2: bucket by bucket, in export order. Each format has its own writer thread (polars and
+        # pyarrow release the GIL), and a batch is written while the next one is built: at most two
+        # batches are in memory, and every writer still receives the batches in order.
         writers = _open_writers(folder, options, columns, questions)
         stats = CampaignStats(source.snapshot_time)
         id_hashes: list[pl.Series] = []
         preview: pl.DataFrame | None = None
         rows = invalid_phones = 0
-        for bucket in range(spill.count):
-            contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
-            attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
-            answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
-            stats.add(contacts, attempts)  # the figures always cover the whole campaign
-            anomalies.update(bucket_anomalies(attempts, answers, question_count))
-            selected = select_contacts(contacts, options)
-            if selected.is_empty():
-                continue
-            batch = build_rows(campaign, selected, attempts, answers, question_count)
-            for writer in writers.values():
-                writer.write(batch)
-            id_hashes.append(batch["contact_id"].hash(seed=0))
-            invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
-            if preview is None:
-                preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
-            rows += batch.height
-            if progress:
-                progress(rows, expected_rows)
+        with ThreadPoolExecutor(max_workers=max(1, len(writers)), thread_name_prefix="export-write") as pool:
+            writing: list = []
+            for bucket in range(spill.count):
+                contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
+                attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
+                answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
+                stats.add(contacts, attempts)  # the figures always cover the whole campaign
+                anomalies.update(bucket_anomalies(attempts, answers, question_count))
+                selected = select_contacts(contacts, options)
+                if selected.is_empty():
+                    continue
+                batch = build_rows(campaign, selected, attempts, answers, question_count)
+                id_hashes.append(batch["contact_id"].hash(seed=0))
+                invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
+                if preview is None:
+                    preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
+                for done in writing:
+                    done.result()
+                if progress and rows:
+                    progress(rows, expected_rows)
+                writing = [pool.submit(writer.write, batch) for writer in writers.values()]
+                rows += batch.height
+            for done in writing:
+                done.result()
+        if progress and rows:
+            progress(rows, expected_rows)
         empty = _empty_rows(question_count, campaign)
         for writer in writers.values():
             writer.close(empty)
@@ -241,6 +249,8 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         figures = {"campaign_id": cid, "snapshot": snapshot, **stats.figures()}
         files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
         if "pdf" in options.formats:
+            from exports_pipeline.core.summary_pdf import write_summary_pdf  # reportlab: loaded for PDFs only
+
             write_summary_pdf(folder / FILE_NAMES["pdf"], cid, campaign.name, snapshot, rows, figures)
             files.append(StagedFile(FILE_NAMES["pdf"], "pdf", folder / FILE_NAMES["pdf"], None))
         (folder / STATS_FILE).write_text(json.dumps(figures, indent=2))

@@ -19,7 +19,7 @@ TERMINAL_STATES: tuple[str, ...] = ("completed", "refused", "not_reached", "excl
 STATE_PRESETS = {"terminal": TERMINAL_STATES}
 FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl", "xlsx", "csv.gz", "pdf")
 DEFAULT_FORMATS: tuple[str, ...] = ("csv", "parquet")
-DEFAULT_BATCH_SIZE = 100_000
+DEFAULT_BATCH_SIZE = 50_000
 
 
 def answer_columns(question_count: int) -> list[str]:

@@ -227,6 +227,8 @@ class PostgresSource(SourceReader):
             raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
 
     def _stream(self, sql: str, schema: dict, batch_size: int) -> Iterator[pl.DataFrame]:
+        """Frames of a query in the export's snapshot. Select uuids as uuids: they travel as 16 bytes and
+        connectorx writes the canonical lowercase text, which saves the server formatting them."""
         try:
             reader = cx.read_sql(self._cx_url, sql, return_type="arrow_stream", batch_size=batch_size,
                                  pre_execution_query=self._pre_execution)
@@ -269,30 +271,32 @@ class PostgresSource(SourceReader):
 
     def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         return self._stream(
-            "SELECT c.id::text AS id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+            "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
             "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
             f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA, batch_size)
 
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         frames = self._stream(
-            "SELECT c.created_at AS contact_created_at, a.id::text AS id, a.contact_id::text AS contact_id, "
+            "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
             "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
             "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
             "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
-            "CASE WHEN a.transcript IS NULL THEN NULL "
-            "     WHEN jsonb_typeof(a.transcript) <> 'object' THEN 'not_object' "
-            "     WHEN NOT (a.transcript ? 'text') THEN 'no_text' "
-            "     WHEN jsonb_typeof(a.transcript -> 'text') <> 'string' THEN 'text_not_string' "
-            "     ELSE 'ok' END AS transcript_kind, "
-            "CASE WHEN jsonb_typeof(a.transcript -> 'text') = 'string' AND jsonb_typeof(a.transcript) = 'object' "
-            "     THEN left(a.transcript ->> 'text', 100) END AS transcript_summary "
-            "FROM call_attempts a LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id "
-            f"WHERE a.campaign_id = '{campaign_id}'", {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, batch_size)
+            # Each use of a.transcript decompresses it again: the subquery (kept apart by OFFSET 0) takes its
+            # "text" member once; only a transcript without one is looked at again.
+            "CASE WHEN a.text IS NOT NULL THEN "
+            "       CASE WHEN jsonb_typeof(a.text) = 'string' THEN 'ok' ELSE 'text_not_string' END "
+            "     WHEN a.transcript IS NULL THEN NULL "
+            "     WHEN jsonb_typeof(a.transcript) = 'object' THEN 'no_text' ELSE 'not_object' END AS transcript_kind, "
+            "CASE WHEN jsonb_typeof(a.text) = 'string' THEN left(a.text #>> '{}', 100) END AS transcript_summary "
+            "FROM (SELECT a.*, a.transcript -> 'text' AS text FROM call_attempts a "
+            f"      WHERE a.campaign_id = '{campaign_id}' OFFSET 0) a "
+            "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id",
+            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, batch_size)
         return (_reject_nan_costs(frame) for frame in frames)
 
     def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         return self._stream(
-            "SELECT c.created_at AS contact_created_at, r.contact_id::text AS contact_id, "
+            "SELECT c.created_at AS contact_created_at, r.contact_id, "
             "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
             "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
             f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA, batch_size)

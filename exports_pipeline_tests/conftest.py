@@ -1,17 +1,45 @@
-"""Shared fixtures: every test run makes its own PostgreSQL databases and drops them."""
+"""Shared fixtures: every test run makes its own PostgreSQL databases and drops them; a running
+production deployment (dagster-daemon on the top-level dagster.yaml) for the daemon tests."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import dagster as dg
 import psycopg
 import pytest
+import yaml
 
 ADMIN_URL = os.environ.get("EXPORTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def _server_url(database: str) -> str:
     return ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+def create_database() -> str:
+    """A new, empty PostgreSQL database; returns its name."""
+    name = f"exports_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_databases(names: list[str]) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -20,16 +48,11 @@ def make_pg_database():
     created: list[str] = []
 
     def make() -> str:
-        name = f"exports_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return _server_url(name)
+        created.append(create_database())
+        return _server_url(created[-1])
 
     yield make
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_databases(created)
 
 
 @pytest.fixture
@@ -75,3 +98,78 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"exports-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@dataclass
+class Deployment:
+    home: Path
+    env: dict
+    instance: dg.DagsterInstance
+    source_url: str
+    exports: Path
+    campaigns: list[str]
+    daemon_log: Path
+
+    def wait_for(self, what: str, predicate, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.5)
+        log = self.daemon_log.read_text(errors="replace")[-4000:]
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; daemon log ends with:\n{log}")
+
+    def sensor_state(self, name: str):
+        return next((s for s in self.instance.all_instigator_state() if s.instigator_name == name), None)
+
+    def runs(self, **tags) -> list[dg.DagsterRun]:
+        return list(self.instance.get_runs(filters=dg.RunsFilter(tags=tags)))
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}}
+
+
+@contextmanager
+def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, now, settings: dict | None = None,
+                       env: dict | None = None) -> Iterator[Deployment]:
+    """`dagster-daemon run` (and nothing else) with the top-level dagster.yaml (its sections merged with
+    settings) in DAGSTER_HOME=home, the repository's workspace.yaml, a seeded PostgreSQL source, storage in
+    a PostgreSQL database of its own and a local destination; stopped and dropped on exit."""
+    from exports_pipeline.core.seed import seed_source
+
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text(yaml.safe_dump(_merge(config, settings or {})))
+    server = urlsplit(ADMIN_URL)
+    storage_db, source_db = create_database(), create_database()
+    source_url = _server_url(source_db)
+    env = {
+        "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.hostname, "DAGSTER_PG_PORT": str(server.port or 5432),
+        "DAGSTER_PG_USER": server.username or "postgres", "DAGSTER_PG_PASSWORD": server.password or "",
+        "DAGSTER_PG_DB": storage_db, "EXPORTS_SOURCE_URL": source_url, "EXPORTS_DESTINATION": str(home / "exports"),
+        "EXPORTS_SENSOR_INTERVAL_SECONDS": "5", **(env or {}),
+    }
+    daemon = None
+    try:
+        seeded = seed_source(source_url, contacts=contacts, campaigns=campaigns, seed=seed, now=now)
+        with pytest.MonkeyPatch.context() as patch, ExitStack() as stack:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            # The test process creates the storage tables first, so that the daemon and it never race to.
+            instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
+            log = home / "daemon.log"
+            with open(log, "wb") as out:
+                daemon = subprocess.Popen([BIN / "dagster-daemon", "run", "-w", REPO / "workspace.yaml"], cwd=home,
+                                          env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+            yield Deployment(home, {**os.environ, **env}, instance, source_url, home / "exports", seeded, log)
+    finally:
+        if daemon is not None:  # the daemon, its code server and run workers share its process group
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+        drop_databases([storage_db, source_db])

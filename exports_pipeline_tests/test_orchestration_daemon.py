@@ -5,107 +5,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
 import pytest
 
-from exports_pipeline.core.seed import seed_source
-from exports_pipeline_tests.conftest import ADMIN_URL
+from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
 POOL_LIMIT = 2  # concurrency.pools.default_limit of dagster.yaml
 
 
-@dataclass
-class Deployment:
-    home: Path
-    env: dict
-    instance: dg.DagsterInstance
-    source_url: str
-    exports: Path
-    campaigns: list[str]
-    daemon_log: Path
-
-    def wait_for(self, what: str, predicate, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.5)
-        log = self.daemon_log.read_text(errors="replace")[-4000:]
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; daemon log ends with:\n{log}")
-
-    def sensor_state(self, name: str):
-        return next((s for s in self.instance.all_instigator_state() if s.instigator_name == name), None)
-
-    def runs(self, **tags) -> list[dg.DagsterRun]:
-        return list(self.instance.get_runs(filters=dg.RunsFilter(tags=tags)))
-
-
-def _create_database() -> str:
-    name = f"exports_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop_databases(names: list[str]) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    server = urlsplit(ADMIN_URL)
-    storage_db, source_db = _create_database(), _create_database()
-    source_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + source_db
-    env = {
-        "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.hostname, "DAGSTER_PG_PORT": str(server.port or 5432),
-        "DAGSTER_PG_USER": server.username or "postgres", "DAGSTER_PG_PASSWORD": server.password or "",
-        "DAGSTER_PG_DB": storage_db, "EXPORTS_SOURCE_URL": source_url, "EXPORTS_DESTINATION": str(home / "exports"),
-        "EXPORTS_SENSOR_INTERVAL_SECONDS": "5",
-    }
-    daemon = None
-    try:
-        campaigns = seed_source(source_url, contacts=4_400, campaigns=22, seed=11, now=SEED_NOW)
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in env.items():
-                patch.setenv(key, value)
-            # The test process creates the storage tables first, so that the daemon and it never race to.
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                log = home / "daemon.log"
-                with open(log, "wb") as out:
-                    daemon = subprocess.Popen([BIN / "dagster-daemon", "run", "-w", REPO / "workspace.yaml"], cwd=home,
-                                              env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
-                yield Deployment(home, {**os.environ, **env}, instance, source_url, home / "exports", campaigns, log)
-    finally:
-        if daemon is not None:  # the daemon, its code server and run workers share its process group
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
-        _drop_databases([storage_db, source_db])
+    with running_deployment(tmp_path_factory.mktemp("dagster_home"), contacts=4_400, campaigns=22, seed=11,
+                            now=SEED_NOW) as d:
+        yield d
 
 
 def test_a_completion_in_the_source_is_exported_once_by_the_daemon(deployment):

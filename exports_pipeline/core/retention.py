@@ -4,17 +4,23 @@ latest.json names.
 - expired: a complete snapshot (it has manifest.json) taken more than retention_days ago;
 - incomplete: a snapshot folder without manifest.json whose newest object is older than the grace
   period (a younger one may belong to an export that is uploading right now);
-- partial: a ".partial-*" file of the local destination (an interrupted write) older than the grace.
+- partial: a ".partial-*" file of the local destination (an interrupted write) older than the grace;
+- staging: the local staging folder of an export whose process was killed (an export that ends, even
+  by an error, removes its own), in this host's temporary folder, untouched for the grace period.
 
 Only keys that follow the layout (campaign_id=<id>/<snapshot>/...) are considered; anything else
 under the destination is left alone.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import groupby
+from pathlib import Path
 
 from exports_pipeline.core.destinations import Destination, StoredObject
 from exports_pipeline.core.errors import ConfigurationError
@@ -22,6 +28,8 @@ from exports_pipeline.core.publish import read_latest
 
 SNAPSHOT_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 CAMPAIGN_FOLDER = "campaign_id="
+STAGING_PREFIX = "exports-pipeline-"  # the prefix of stage_export's temporary folder
+REMOVAL_REASONS = ("expired", "incomplete", "partial", "staging")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class Removal:
     """One thing retention removes: a snapshot folder or a stray file, with every key it holds."""
 
     path: str
-    reason: str  # "expired", "incomplete" or "partial"
+    reason: str  # one of REMOVAL_REASONS
     keys: tuple[str, ...]
 
 
@@ -92,4 +100,35 @@ def apply_retention(destination: Destination, retention_days: int, *, dry_run: b
         keys = [key for removal in removals for key in removal.keys]
         destination.delete([key for key in keys if key.endswith("/manifest.json")])
         destination.delete([key for key in keys if not key.endswith("/manifest.json")])
+    return removals
+
+
+def _newest_change(folder: Path) -> datetime:
+    """The latest modification time of the folder or anything in it."""
+    newest = folder.stat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return datetime.fromtimestamp(newest, timezone.utc)
+
+
+def apply_staging_retention(temp_dir: str | os.PathLike | None = None, *, dry_run: bool = False,
+                            leftover_grace: timedelta = timedelta(hours=24),
+                            now: datetime | None = None) -> list[Removal]:
+    """Remove (or list) staging folders left in temp_dir (default: this host's temporary folder) by killed
+    exports. An export writes into its folder while it reads and transforms, and run monitoring stops any
+    export after 6 hours: a folder untouched for the grace (24 hours) is abandoned. Other users' are skipped."""
+    now = now or datetime.now(timezone.utc)
+    removals = []
+    for folder in sorted(Path(temp_dir or tempfile.gettempdir()).glob(STAGING_PREFIX + "*")):
+        try:
+            if not folder.is_dir() or folder.stat().st_uid != os.getuid() or \
+                    _newest_change(folder) >= now - leftover_grace:
+                continue
+            files = tuple(str(path) for path in sorted(folder.rglob("*")) if path.is_file())
+            if not dry_run:
+                shutil.rmtree(folder)
+        except FileNotFoundError:  # removed meanwhile, e.g. by a second retention run
+            continue
+        removals.append(Removal(str(folder), "staging", files))
     return removals

@@ -1,0 +1,227 @@
+"""Killed processes (issue 8): an export killed mid-way never moves latest.json off a complete snapshot,
+what it leaves behind is reachable from no latest.json nor manifest, and retention removes it.
+
+(a) the production deployment (dagster-daemon, PostgreSQL storage, the top-level dagster.yaml): a run worker
+    SIGKILLed mid-read is failed by run monitoring (exports_pipeline.run_launcher) and started again by run
+    retries; (b) the `exports-pipeline export` process SIGKILLed mid-read and mid-publication.
+The read is held by a lock on call_attempts taken from another session; publication is caught when the new
+snapshot folder appears (every published file is synced to disk first, which leaves the test time to kill).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from exports_pipeline.core.destinations import LocalDestination
+from exports_pipeline.core.retention import STAGING_PREFIX, apply_retention, apply_staging_retention
+from exports_pipeline.core.seed import seed_source
+from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
+from exports_pipeline_tests.test_cli import CLI, run_cli
+
+SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
+SLOT_GRACE_SECONDS = 15  # free_slots_after_run_end_seconds here: long enough to see the dead worker's slot held
+PAST_THE_GRACE = dt.timedelta(hours=25)  # retention's default leftover grace is 24 hours
+
+
+def snapshot_folders(exports: Path, cid: str) -> set[str]:
+    return {p.name for p in (exports / f"campaign_id={cid}").iterdir() if p.is_dir()}
+
+
+def verified_latest(exports: Path, cid: str) -> dict:
+    """latest.json's manifest, after checking every file it lists against its bytes and sha256."""
+    latest = json.loads((exports / f"campaign_id={cid}" / "latest.json").read_text())
+    manifest = json.loads((exports / latest["manifest"]).read_text())
+    assert manifest["snapshot"] == latest["snapshot"] and manifest["files"]
+    for record in manifest["files"]:
+        data = (exports / f"campaign_id={cid}" / latest["snapshot"] / record["name"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (record["bytes"], record["sha256"])
+    return manifest
+
+
+def referenced_keys(exports: Path) -> set[str]:
+    """Every key a reader can reach: latest.json files, the manifests they name, the files those list."""
+    keys = set()
+    for latest_file in exports.glob("campaign_id=*/latest.json"):
+        latest = json.loads(latest_file.read_text())
+        keys |= {latest_file.relative_to(exports).as_posix(), latest["manifest"]}
+        folder = latest["manifest"].rsplit("/", 1)[0]
+        keys |= {f"{folder}/{f['name']}" for f in json.loads((exports / latest["manifest"]).read_text())["files"]}
+    return keys
+
+
+def staging_leftovers(temp_dir: Path) -> list[Path]:
+    return sorted(temp_dir.glob(STAGING_PREFIX + "*"))
+
+
+def age(paths: list[Path], by: dt.timedelta) -> None:
+    """Make files and folders look untouched for a while (the retention grace counts from the newest)."""
+    when = time.time() - by.total_seconds()
+    for path in paths:
+        for item in [path, *path.rglob("*")]:
+            os.utime(item, (when, when))
+
+
+@contextmanager
+def attempts_locked(source_url: str):
+    """Hold ACCESS EXCLUSIVE on call_attempts: an export that starts reading waits there, mid-read."""
+    with psycopg.connect(source_url) as conn:
+        conn.execute("LOCK TABLE call_attempts IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
+def export_waits_on_the_lock(source_url: str) -> bool:
+    with psycopg.connect(source_url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name = 'exports-pipeline' AND wait_event_type = 'Lock'").fetchone()[0]
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The run worker's pid, from the engine event with which the worker announces itself."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        metadata = entry.dagster_event.event_specific_data.metadata
+        if entry.step_key is None and "pid" in metadata:
+            return int(metadata["pid"].value)
+    return None
+
+
+def launch(d, job: str, **tags) -> str:
+    """Submit a run through the instance's run queue (the daemon launches it); returns its id."""
+    run_id = str(uuid.uuid4())
+    launched = subprocess.run([BIN / "dagster", "job", "launch", "-j", job, "-w", REPO / "workspace.yaml",
+                               "--run-id", run_id, "--tags", json.dumps(tags)],
+                              cwd=d.home, env=d.env, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    return run_id
+
+
+def finished(d, run_id: str) -> dg.DagsterRun | None:
+    run = d.instance.get_run_by_id(run_id)
+    return run if run and run.is_finished else None
+
+
+def test_a_run_worker_killed_mid_export_is_failed_by_run_monitoring_retried_and_its_leftovers_removed(tmp_path):
+    temp_dir, home = tmp_path / "tmp", tmp_path / "home"
+    temp_dir.mkdir()
+    home.mkdir()
+    settings = {"run_monitoring": {"poll_interval_seconds": 1, "free_slots_after_run_end_seconds": SLOT_GRACE_SECONDS}}
+    with running_deployment(home, contacts=2_000, campaigns=2, seed=5, now=SEED_NOW, settings=settings,
+                            env={"TMPDIR": str(temp_dir)}) as d:
+        cid = d.campaigns[0]
+        d.instance.add_dynamic_partitions("campaigns", [cid])
+        with attempts_locked(d.source_url):
+            killed_id = launch(d, "export_campaign", **{"dagster/partition": cid})
+            d.wait_for("the export to wait on the lock, mid-read", lambda: export_waits_on_the_lock(d.source_url), 120)
+            worker = worker_pid(d.instance, killed_id)
+            server = parent_pid(worker)
+            assert "grpc" in Path(f"/proc/{server}/cmdline").read_text()  # the code server that started it
+            # The code server notices its own dead children: frozen here, as when it dies with its workers,
+            # only run monitoring can notice.
+            os.kill(server, signal.SIGSTOP)
+            try:
+                os.kill(worker, signal.SIGKILL)
+                killed = d.wait_for("run monitoring to fail the run", lambda: finished(d, killed_id), 60)
+            finally:
+                os.kill(server, signal.SIGCONT)
+        assert killed.status == dg.DagsterRunStatus.FAILURE
+        failure, = d.instance.all_logs(killed_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert f"run worker process {worker} is gone" in failure.message
+        # Dagster does not give back a dead worker's pool slot until free_slots_after_run_end_seconds.
+        assert killed_id in d.instance.event_log_storage.get_concurrency_info("source_database").active_run_ids
+
+        retry = d.wait_for("run retries to start the run again and finish", lambda: next(
+            (r for r in d.runs(**{"dagster/parent_run_id": killed_id}) if r.is_finished), None), 180)
+        assert retry.status == dg.DagsterRunStatus.SUCCESS, d.daemon_log.read_text(errors="replace")[-3000:]
+        assert (retry.tags["dagster/retry_number"], retry.tags["campaign_id"]) == ("1", cid)
+        manifest = verified_latest(d.exports, cid)
+        assert manifest["run_id"] == retry.run_id
+        assert snapshot_folders(d.exports, cid) == {manifest["snapshot"]}  # the killed attempt published nothing
+
+        leftover, = staging_leftovers(temp_dir)  # the killed worker's staging (the retry removed its own)
+        assert (leftover / "buckets").is_dir()  # killed while spilling rows
+        age([leftover], by=PAST_THE_GRACE)
+        published = {o.key for o in LocalDestination(d.exports).list("")}
+        cleanup = launch(d, "export_retention")
+        assert d.wait_for("the retention run", lambda: finished(d, cleanup), 120).is_success
+        assert staging_leftovers(temp_dir) == []
+        assert {o.key for o in LocalDestination(d.exports).list("")} == published
+        assert verified_latest(d.exports, cid) == manifest
+        d.wait_for("the dead worker's pool slot to be freed", lambda: not d.instance.event_log_storage
+                   .get_concurrency_info("source_database").active_run_ids, 60)
+
+
+@pytest.mark.parametrize("phase, contacts", [("read", 2_000), ("publication", 100_000)])
+def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_retention_removes_the_rest(
+        phase, contacts, pg_url, tmp_path):
+    cid, = seed_source(pg_url, contacts=contacts, campaigns=1, seed=7, now=SEED_NOW)
+    exports, temp_dir = tmp_path / "exports", tmp_path / "tmp"
+    temp_dir.mkdir()
+    env = {"EXPORTS_SOURCE_URL": pg_url, "EXPORTS_DESTINATION": str(exports),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "TMPDIR": str(temp_dir)}
+    first = run_cli(["export", cid], tmp_path, **env)
+    assert first.returncode == 0, first.stderr
+    latest_file = exports / f"campaign_id={cid}" / "latest.json"
+    latest_before, published = latest_file.read_bytes(), snapshot_folders(exports, cid)
+    manifest = verified_latest(exports, cid)
+
+    if phase == "read":
+        with attempts_locked(pg_url):
+            export = subprocess.Popen([CLI, "export", cid], cwd=tmp_path, env={**os.environ, **env},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while not (export_waits_on_the_lock(pg_url) and staging_leftovers(temp_dir)):
+                assert export.poll() is None and time.monotonic() < deadline, "the export never waited on the lock"
+                time.sleep(0.2)
+            export.kill()
+            export.wait()
+    else:  # the moment the first file of the new snapshot appears in the destination; a JSON Lines file
+        # too makes publication last longer than the test takes to notice it (each file is synced to disk)
+        export = subprocess.Popen([CLI, "export", cid, "--format", "csv", "--format", "jsonl", "--format", "parquet"],
+                                  cwd=tmp_path, env={**os.environ, **env},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while snapshot_folders(exports, cid) == published:
+            assert export.poll() is None and time.monotonic() < deadline, "the export never started publishing"
+            time.sleep(0.001)
+        export.kill()
+        export.wait()
+    assert export.returncode == -signal.SIGKILL
+
+    assert latest_file.read_bytes() == latest_before and verified_latest(exports, cid) == manifest
+    new_folders = snapshot_folders(exports, cid) - published
+    if phase == "publication":
+        new, = new_folders
+        assert not (exports / f"campaign_id={cid}" / new / "manifest.json").exists(), \
+            "the kill came after the manifest: publication was quicker than this test"
+    else:
+        assert new_folders == set()
+    destination = LocalDestination(exports)
+    leftovers = {o.key for o in destination.list("")} - referenced_keys(exports)
+    assert all(any(key.startswith(f"campaign_id={cid}/{f}/") for f in new_folders) for key in leftovers)
+    assert len(staging_leftovers(temp_dir)) == 1  # the killed export's (the first removed its own)
+
+    # Within the grace period leftovers may be an export still running: nothing goes.
+    assert apply_retention(destination, 30) == [] and apply_staging_retention(temp_dir) == []
+    later = dt.datetime.now(dt.timezone.utc) + PAST_THE_GRACE
+    removed = apply_retention(destination, 30, now=later) + apply_staging_retention(temp_dir, now=later)
+    assert {key for r in removed if r.reason != "staging" for key in r.keys} == leftovers
+    assert [r.reason for r in removed if r.reason == "staging"] == ["staging"]
+    assert staging_leftovers(temp_dir) == [] and snapshot_folders(exports, cid) == published
+    assert {o.key for o in destination.list("")} == referenced_keys(exports)
+    assert latest_file.read_bytes() == latest_before and verified_latest(exports, cid) == manifest

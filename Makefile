@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench load
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -19,3 +19,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# Not in CI: one backfill of 1,000 small campaigns through the production instance (bench/load.py --help).
+load: setup
+	$(BIN)/python bench/load.py $(LOAD_ARGS)

@@ -118,8 +118,9 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
             # Check results come first: a failed blocking check is recorded, then publication refuses.
             yield from check_results(staged.checks)
             published = publish_export(staged, target)
-    except SourceUnavailableError:
-        raise  # transient: the retry policy tries again
+    except SourceUnavailableError as exc:
+        # Transient: the retry policy tries again. Named here, as the run's failure once retries run out.
+        raise SourceUnavailableError(f"export of campaign {campaign_id} failed: {exc}") from None
     except ExportError as exc:
         raise dg.Failure(description=f"export of campaign {campaign_id} failed: {exc}", allow_retries=False) \
             from None

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+
 import pytest
 
 from exports_pipeline.core.destinations import LocalDestination
@@ -87,7 +89,8 @@ def test_local_partial_files_of_interrupted_writes_are_leftovers(tmp_path):
     assert read_manifest(destination, C1) == {"files": []}
 
 
-def test_retention_job_and_its_daily_schedule(destination_url):
+def test_retention_job_and_its_daily_schedule(destination_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this machine's old staging leftovers do not count
     resource = ExportDestination(url=destination_url)
     snapshots = build_history(resource.open())
     schedule = defs.resolve_schedule_def("export_retention_daily")

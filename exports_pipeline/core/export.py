@@ -32,6 +32,7 @@ from exports_pipeline.core.publish import (
     snapshot_name,
     upload_snapshot,
 )
+from exports_pipeline.core.retention import STAGING_PREFIX
 from exports_pipeline.core.source import (
     ANSWERS_SCHEMA,
     ATTEMPTS_SCHEMA,
@@ -175,7 +176,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
     cid = parse_campaign_id(campaign_id)
     started_at = datetime.now(timezone.utc)
     with open_source(source_url, statement_timeout_ms) as source, \
-            tempfile.TemporaryDirectory(prefix="exports-pipeline-") as staging:
+            tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as staging:
         campaign = source.campaign(cid)
         if campaign is None:
             raise CampaignNotFoundError(f"campaign {cid} is not in the source")

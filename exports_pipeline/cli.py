@@ -88,8 +88,13 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
         raise_on_error=False)
     if not result.success:
         failure = result.failure_data_for_node("campaign_export")
-        message = failure.error.message.strip() if failure and failure.error else "the run failed"
-        raise ExportError(message.removeprefix("dagster._core.definitions.events.Failure: "))
+        error = failure.error if failure else None
+        while error is not None and error.cause is not None:  # retries ran out: what the export raised last
+            error = error.cause
+        if error is None:
+            raise ExportError("the run failed")
+        kind, _, text = error.message.strip().partition(": ")
+        raise ExportError(text if kind.endswith(error.cls_name) else error.message.strip())
     return [str(m.metadata["location"].value) for m in result.asset_materializations_for_node("campaign_export")]
 
 

@@ -36,9 +36,10 @@ def awkward_pg(pg_url) -> str:
     return pg_url
 
 
-def staged_bytes(url: str, campaign: str = C1, options: ExportOptions = ExportOptions(), run_id: str = "run00001"):
+def staged_bytes(url: str, campaign: str = C1, options: ExportOptions = ExportOptions(), run_id: str = "run00001",
+                 reader_processes: bool | None = None):
     """(csv bytes, parquet table, staged export) of one export, without publishing."""
-    with stage_export(url, campaign, options, run_id) as staged:
+    with stage_export(url, campaign, options, run_id, reader_processes=reader_processes) as staged:
         files = {f.format: f.path for f in staged.files}
         csv_bytes = files["csv"].read_bytes() if "csv" in files else None
         table = pq.read_table(files["parquet"]) if "parquet" in files else None
@@ -69,10 +70,14 @@ def test_csv_reads_back_with_polars_keeping_null_apart_from_empty(awkward_pg):
     assert [list(r) for r in frame.iter_rows()] == EXPECTED_ROWS
 
 
-def test_batch_size_never_changes_the_output(awkward_pg):
-    outputs = [staged_bytes(awkward_pg, options=ExportOptions(batch_size=size)) for size in (1, 7, 100_000)]
-    assert outputs[0][0] == outputs[1][0] == outputs[2][0]
-    assert outputs[0][1].equals(outputs[1][1]) and outputs[0][1].equals(outputs[2][1])
+def test_batch_size_and_reader_processes_never_change_the_output(awkward_pg):
+    outputs = [staged_bytes(awkward_pg, options=ExportOptions(batch_size=size), reader_processes=processes)
+               for size, processes in ((1, False), (7, False), (100_000, False), (1, True), (100_000, True))]
+    first_csv, first_parquet, first = outputs[0]
+    assert first_csv == awkward.expected_csv()
+    for csv_bytes, table, staged in outputs[1:]:
+        assert csv_bytes == first_csv and table.equals(first_parquet)
+        assert staged.fingerprint == first.fingerprint and staged.anomalies == first.anomalies
 
 
 def test_parquet_has_native_types_unfloored_times_and_no_guard(awkward_pg):
@@ -150,11 +155,12 @@ def test_uppercase_id_is_accepted_in_canonical_form(awkward_pg):
     assert staged.campaign_id == C1
 
 
-def test_nan_money_fails_naming_the_column_and_attempt(awkward_pg):
+@pytest.mark.parametrize("reader_processes", [False, True])
+def test_nan_money_fails_naming_the_column_and_attempt(awkward_pg, reader_processes):
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         conn.execute("UPDATE call_attempts SET cost_usd = 'NaN' WHERE id = 'b0000000-0000-4000-8000-000000000001'")
     with pytest.raises(SourceSchemaError, match="call_attempts.cost_usd.*b0000000-0000-4000-8000-000000000001"):
-        staged_bytes(awkward_pg)
+        staged_bytes(awkward_pg, reader_processes=reader_processes)
 
 
 def test_missing_column_fails_naming_it(awkward_pg):
@@ -185,7 +191,7 @@ def test_export_reads_one_snapshot_while_the_campaign_is_written(awkward_pg, mon
         return take_sample(self, campaign_id, fraction)
 
     monkeypatch.setattr(PostgresSource, "contact_key_sample", write_then_sample)
-    csv_bytes, _, staged = staged_bytes(awkward_pg, options=ExportOptions(batch_size=1))
+    csv_bytes, _, staged = staged_bytes(awkward_pg, options=ExportOptions(batch_size=1), reader_processes=True)
     assert csv_bytes == awkward.expected_csv()
     assert staged.fingerprint["contacts_count"] == 4 and staged.rows == 4
     with psycopg.connect(awkward_pg) as conn:  # the writes did land

@@ -137,6 +137,11 @@ class SourceReader(ABC):
     def fingerprint(self, campaign_id: str) -> dict:
         """SPEC section 5: what 'changed since the last export' compares."""
 
+    def snapshot_queries(self, campaign_id: str) -> dict[str, "SnapshotQuery"] | None:
+        """The contacts, attempts and answers streams as queries another process can read in this
+        snapshot, or None when the snapshot cannot be shared (SQLite)."""
+        return None
+
 
 def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
     scheme = urlsplit(url).scheme
@@ -149,6 +154,43 @@ def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
 
 
 # --------------------------------------------------------------------------------------------- PostgreSQL
+
+def _translate(message: str, url: str) -> Exception:
+    text = redact_text(message.strip(), url)
+    if "does not exist" in text:
+        return SourceSchemaError(f"source schema: {text}")
+    return SourceUnavailableError(f"source read failed: {text}")
+
+
+@dataclass(frozen=True)
+class SnapshotQuery:
+    """One query in an exported PostgreSQL snapshot, streamed by connectorx. It holds no connection, so
+    it can be sent to another process: connectorx keeps the GIL while it reads, so streams read in
+    threads of one process take turns, and in separate processes they run side by side."""
+
+    cx_url: str
+    source_url: str  # for redacting errors
+    pre_execution: tuple[str, ...]
+    sql: str
+    schema: dict
+    rejects_nan_costs: bool = False
+
+    def frames(self, batch_size: int) -> Iterator[pl.DataFrame]:
+        frames = self._frames(batch_size)
+        return (_reject_nan_costs(frame) for frame in frames) if self.rejects_nan_costs else frames
+
+    def _frames(self, batch_size: int) -> Iterator[pl.DataFrame]:
+        """Select uuids as uuids: they travel as 16 bytes and connectorx writes the canonical lowercase
+        text, which saves the server formatting them."""
+        try:
+            reader = cx.read_sql(self.cx_url, self.sql, return_type="arrow_stream", batch_size=batch_size,
+                                 pre_execution_query=list(self.pre_execution))
+            for batch in reader:
+                if batch.num_rows:
+                    yield pl.from_arrow(batch).cast(self.schema)
+        except Exception as exc:  # connectorx raises RuntimeError for database errors
+            raise _translate(str(exc), self.source_url) from None
+
 
 def _pg_timestamp_fields(fingerprint_row) -> dict:
     names = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
@@ -176,6 +218,9 @@ class PostgresSource(SourceReader):
             snapshot_id, taken_at = self._session.execute(
                 "SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
             self._check_schema()
+        except psycopg.Error as exc:
+            self._session.close()
+            raise self._translate(str(exc)) from None
         except BaseException:
             self._session.close()
             raise
@@ -207,10 +252,7 @@ class PostgresSource(SourceReader):
             raise self._translate(str(exc)) from None
 
     def _translate(self, message: str) -> Exception:
-        text = redact_text(message.strip(), self._url)
-        if "does not exist" in text:
-            return SourceSchemaError(f"source schema: {text}")
-        return SourceUnavailableError(f"source read failed: {text}")
+        return _translate(message, self._url)
 
     def _check_schema(self) -> None:
         found: dict[str, set[str]] = {}
@@ -226,17 +268,8 @@ class PostgresSource(SourceReader):
             # One entry per table is enough when the whole table is missing.
             raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
 
-    def _stream(self, sql: str, schema: dict, batch_size: int) -> Iterator[pl.DataFrame]:
-        """Frames of a query in the export's snapshot. Select uuids as uuids: they travel as 16 bytes and
-        connectorx writes the canonical lowercase text, which saves the server formatting them."""
-        try:
-            reader = cx.read_sql(self._cx_url, sql, return_type="arrow_stream", batch_size=batch_size,
-                                 pre_execution_query=self._pre_execution)
-            for batch in reader:
-                if batch.num_rows:
-                    yield pl.from_arrow(batch).cast(schema)
-        except Exception as exc:  # connectorx raises RuntimeError for database errors
-            raise self._translate(str(exc)) from None
+    def _query(self, sql: str, schema: dict, rejects_nan_costs: bool = False) -> SnapshotQuery:
+        return SnapshotQuery(self._cx_url, self._url, tuple(self._pre_execution), sql, schema, rejects_nan_costs)
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
         rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, completed_at, updated_at "
@@ -269,14 +302,27 @@ class PostgresSource(SourceReader):
         rows = self._rows(f"SELECT created_at, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
         return pl.DataFrame(rows, schema={"created_at": UTC_US, "id": pl.String}, orient="row")
 
+    def snapshot_queries(self, campaign_id: str) -> dict[str, SnapshotQuery]:
+        return {"contacts": self._contacts_query(campaign_id), "attempts": self._attempts_query(campaign_id),
+                "answers": self._answers_query(campaign_id)}
+
     def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        return self._stream(
-            "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
-            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
-            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA, batch_size)
+        return self._contacts_query(campaign_id).frames(batch_size)
 
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        frames = self._stream(
+        return self._attempts_query(campaign_id).frames(batch_size)
+
+    def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
+        return self._answers_query(campaign_id).frames(batch_size)
+
+    def _contacts_query(self, campaign_id: str) -> SnapshotQuery:
+        return self._query(
+            "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
+            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA)
+
+    def _attempts_query(self, campaign_id: str) -> SnapshotQuery:
+        return self._query(
             "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
             "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
             "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
@@ -291,15 +337,14 @@ class PostgresSource(SourceReader):
             "FROM (SELECT a.*, a.transcript -> 'text' AS text FROM call_attempts a "
             f"      WHERE a.campaign_id = '{campaign_id}' OFFSET 0) a "
             "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id",
-            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, batch_size)
-        return (_reject_nan_costs(frame) for frame in frames)
+            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True)
 
-    def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        return self._stream(
+    def _answers_query(self, campaign_id: str) -> SnapshotQuery:
+        return self._query(
             "SELECT c.created_at AS contact_created_at, r.contact_id, "
             "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
             "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
-            f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA, batch_size)
+            f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA)
 
     def fingerprint(self, campaign_id: str) -> dict:
         row, = self._rows(

@@ -9,12 +9,23 @@ never depends on them (nor on the batch size).
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from exports_pipeline.core.errors import ExportError
+from exports_pipeline.core.sourceurl import redact_text
 
 _KEY_OFFSET = 1 << 62  # makes epoch microseconds (pre-1970 too) non-negative so that text order is time order
 SAMPLES_PER_BUCKET = 20
@@ -85,3 +96,76 @@ class BucketSpill:
             return pl.DataFrame(schema=schema)
         with pa.memory_map(str(path)) as source:
             return pl.from_arrow(ipc.open_stream(source).read_all()).cast(schema)
+
+
+# Per table: its contact's order key columns, and the instant the source fingerprint takes the max of.
+TABLE_KEYS = {
+    "contacts": (("created_at", "id"), pl.col("updated_at")),
+    "attempts": (("contact_created_at", "contact_id"), pl.coalesce("ended_at", "started_at")),
+    "answers": (("contact_created_at", "contact_id"), pl.col("answered_at")),
+}
+
+
+@dataclass
+class StreamTally:
+    """What one table's stream says on the way: its part of the fingerprint, and rows set aside."""
+
+    rows: int = 0
+    latest: datetime | None = None
+    misfiled: int = 0
+
+
+def spill_table(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str) -> StreamTally:
+    """Route a table's rows to their buckets; rows whose contact is not the campaign's are only counted."""
+    (created_at, contact_id), instant = TABLE_KEYS[table]
+    tally = StreamTally()
+    for frame in frames:
+        tally.rows += frame.height
+        latest = frame.select(instant.max()).item()
+        if latest is not None and (tally.latest is None or latest > tally.latest):
+            tally.latest = latest
+        own = frame.filter(pl.col(created_at).is_not_null())
+        tally.misfiled += frame.height - own.height
+        spill.add(table, own, created_at, contact_id)
+    return tally
+
+
+def spill_table_in_process(query, batch_size: int, spill: BucketSpill, table: str) -> StreamTally:
+    """spill_table in a child process (python -m exports_pipeline.core.spill), for one SnapshotQuery.
+    The child writes its table's bucket files and dies with its parent."""
+    job = {"query": query, "batch_size": batch_size, "folder": str(spill.folder), "table": table,
+           "boundaries": spill.boundaries.to_list(), "parent": os.getpid()}
+    done = subprocess.run([sys.executable, "-m", "exports_pipeline.core.spill"], input=pickle.dumps(job),
+                          capture_output=True, check=False)
+    if done.returncode != 0 or not done.stdout:
+        detail = redact_text(done.stderr.decode(errors="replace").strip()[-2000:], query.source_url)
+        raise ExportError(f"the reader of {table} stopped (exit status {done.returncode}): {detail}")
+    kind, value = pickle.loads(done.stdout)
+    if kind == "error":
+        raise value
+    return StreamTally(**value)
+
+
+def _run_child() -> None:
+    """The child side of spill_table_in_process: a pickled job on stdin, the pickled outcome on stdout."""
+    try:  # Linux: killed with the parent, so that a killed export leaves no reader behind
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    job = pickle.loads(sys.stdin.buffer.read())
+    if os.getppid() != job["parent"]:
+        sys.exit(1)  # the parent died before the death signal was armed
+    spill = BucketSpill(Path(job["folder"]), pl.Series("order_key", job["boundaries"], dtype=pl.String))
+    try:
+        outcome = ("tally", asdict(spill_table(job["query"].frames(job["batch_size"]), spill, job["table"])))
+    except ExportError as exc:
+        outcome = ("error", exc)
+    finally:
+        spill.close()
+    sys.stdout.buffer.write(pickle.dumps(outcome))
+
+
+if __name__ == "__main__":
+    _run_child()

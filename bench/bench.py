@@ -71,9 +71,8 @@ TARGET_SMALL_SECONDS = 3.0
 
 # --------------------------------------------------------------------------------------- measuring
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, rss bytes) for every process visible in /proc."""
-    table = {}
+def proc_stats():
+    """(pid, stat fields) of every process visible in /proc; field n of proc(5) is fields[n - 3]."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -82,9 +81,12 @@ def _process_table() -> dict[int, tuple[int, int]]:
                 stat = handle.read()
         except OSError:
             continue  # gone meanwhile
-        fields = stat[stat.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
-        table[int(entry.name)] = (int(fields[1]), int(fields[21]) * PAGE)
-    return table
+        yield int(entry.name), stat[stat.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, rss bytes) for every process visible in /proc."""
+    return {pid: (int(fields[1]), int(fields[21]) * PAGE) for pid, fields in proc_stats()}
 
 
 def tree_rss(root: int) -> int:

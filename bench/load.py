@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 import psycopg
 import yaml
 
-from bench import MIB, PAGE, git_revision, with_database  # bench/bench.py, the export benchmark
+from bench import MIB, PAGE, git_revision, proc_stats, with_database  # bench/bench.py, the export benchmark
 from exports_pipeline.core.sourceurl import redact_text, redact_url
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -157,18 +157,10 @@ class Service:
 def group_processes(pgids: set[int]) -> dict[tuple[int, int], tuple[int, int, float]]:
     """(pid, start time) -> (process group, RSS bytes, CPU seconds of its own) for the processes of these groups."""
     found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rfind(b")") + 2:].split()  # field n of proc(5) is fields[n - 3]
+    for pid, fields in proc_stats():
         if (group := int(fields[2])) in pgids:
             cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            found[(int(entry.name), int(fields[19]))] = (group, int(fields[21]) * PAGE, cpu)
+            found[(pid, int(fields[19]))] = (group, int(fields[21]) * PAGE, cpu)
     return found
 
 

@@ -6,8 +6,10 @@ Exports run through Dagster (the export_campaign job, in process, on the instanc
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
@@ -27,13 +29,23 @@ DEMO_CONTACTS = 600
 DEMO_CAMPAIGNS = 4
 
 
+@contextmanager
+def _instance_setup_lock():
+    """Commands started at once on a new $DAGSTER_HOME would all create its SQLite tables; one at a time
+    sets the instance up and registers its partition (the runs themselves go side by side)."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".exports-pipeline.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _instance():
     """The instance in $DAGSTER_HOME. Unset: the embedded default ./.dagster_home, whose dagster.yaml is
     written here (the top-level dagster.yaml is the production instance, in PostgreSQL)."""
     import dagster as dg
 
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["DAGSTER_HOME"])
     config = home / "dagster.yaml"
     if home == Path(".dagster_home").resolve() and not config.exists():
         config.write_text(
@@ -79,9 +91,10 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
         if source.campaign(cid) is None:
             raise CampaignNotFoundError(f"campaign {cid} is not in the source")
     _use_locations(locations)
-    instance = _instance()
-    if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
-        instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
+    with _instance_setup_lock():
+        instance = _instance()
+        if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
+            instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
     result = defs.resolve_job_def("export_campaign").execute_in_process(
         run_config={"ops": {"campaign_export": {"config": config}}}, instance=instance, partition_key=cid,
         tags={"campaign_id": cid, "trigger": trigger, "formats": ",".join(config["formats"])},

@@ -14,7 +14,7 @@ giving exactly what SourceReader.fingerprint gives per campaign; SQLite delegate
 from __future__ import annotations
 
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,9 +26,10 @@ from exports_pipeline.core.errors import ConfigurationError, InvalidInputError, 
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.source import (
     APPLICATION_NAME,
-    _pg_timestamp_fields,
+    ClosingReader,
     open_source,
     parse_iso_timestamp,
+    pg_fingerprint_fields,
 )
 from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
@@ -65,17 +66,8 @@ def canonical_ids(keys) -> list[str]:
     return valid
 
 
-class Catalog(ABC):
+class Catalog(ClosingReader):
     """Read-only campaign listings. Use as a context manager."""
-
-    def __enter__(self) -> "Catalog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @abstractmethod
-    def close(self) -> None: ...
 
     @abstractmethod
     def now(self) -> datetime:
@@ -176,7 +168,7 @@ class PostgresCatalog(Catalog):
             "LEFT JOIN (SELECT campaign_id, count(*) n FROM survey_questions "
             f"           WHERE {in_range} GROUP BY campaign_id) q ON q.campaign_id = c.id "
             "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]})
-        return {row[0]: _pg_timestamp_fields(row[1:]) for row in rows}
+        return {row[0]: pg_fingerprint_fields(row[1:]) for row in rows}
 
 
 class SqliteCatalog(Catalog):

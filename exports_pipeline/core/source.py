@@ -91,12 +91,10 @@ def _in_list(values: list[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-class SourceReader(ABC):
-    """One open snapshot of the source. Use as a context manager."""
+class ClosingReader(ABC):
+    """A reader of the source holding a connection: use as a context manager, closed on exit."""
 
-    snapshot_time: datetime
-
-    def __enter__(self) -> "SourceReader":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -104,6 +102,12 @@ class SourceReader(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+class SourceReader(ClosingReader):
+    """One open snapshot of the source. Use as a context manager."""
+
+    snapshot_time: datetime
 
     @abstractmethod
     def campaign(self, campaign_id: str) -> CampaignInfo | None: ...
@@ -192,7 +196,7 @@ class SnapshotQuery:
             raise _translate(str(exc), self.source_url) from None
 
 
-def _pg_timestamp_fields(fingerprint_row) -> dict:
+def pg_fingerprint_fields(fingerprint_row) -> dict:
     names = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
              "attempts_max_time", "answers_count", "answers_max_answered_at", "questions_count")
     return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v)
@@ -355,7 +359,7 @@ class PostgresSource(SourceReader):
             " WHERE campaign_id = '{0}') a, "
             "(SELECT count(*) n, max(answered_at) m FROM survey_responses WHERE campaign_id = '{0}') r"
             .format(campaign_id))
-        return _pg_timestamp_fields(row)
+        return pg_fingerprint_fields(row)
 
 
 def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:

@@ -204,5 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry_point() -> None:
+    """The installed command. Everything is written, closed and flushed when main returns; exiting
+    without the interpreter's teardown (freeing Dagster's and polars' modules one object at a time)
+    saves about a second of every command."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -132,11 +132,11 @@ def _open_writers(folder: Path, options: ExportOptions, columns: list[str], ques
     return {fmt: factories[fmt](folder / FILE_NAMES[fmt]) for fmt in options.formats if fmt in ROW_FORMATS}
 
 
-def _spill_campaign(source: SourceReader, campaign_id: str, spill: BucketSpill, batch_size: int,
+def _spill_campaign(source: SourceReader, campaign_id: str, contacts: int, spill: BucketSpill, batch_size: int,
                     reader_processes: bool) -> dict[str, StreamTally]:
     """Phase 1: the three tables streamed at once (PostgreSQL serves them in parallel) into the buckets,
     each read in its own process when asked and the source can share its snapshot."""
-    queries = source.snapshot_queries(campaign_id) if reader_processes else None
+    queries = source.snapshot_queries(campaign_id, contacts) if reader_processes else None
     streams = {"contacts": source.contact_frames, "attempts": source.attempt_frames, "answers": source.answer_frames}
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="export-read") as pool:
         if queries:
@@ -184,7 +184,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         spill = BucketSpill(folder / "buckets", bucket_boundaries(sample, all_contacts, options.batch_size))
         if reader_processes is None:
             reader_processes = all_contacts >= READER_PROCESSES_MIN_CONTACTS
-        tallies = _spill_campaign(source, cid, spill, options.batch_size, reader_processes)
+        tallies = _spill_campaign(source, cid, all_contacts, spill, options.batch_size, reader_processes)
         fingerprint = {
             "campaign_updated_at": _iso(campaign.updated_at),
             "contacts_count": tallies["contacts"].rows, "contacts_max_updated_at": _iso(tallies["contacts"].latest),

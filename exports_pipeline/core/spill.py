@@ -54,48 +54,100 @@ def bucket_boundaries(sample: pl.DataFrame, contacts: int, batch_size: int) -> p
 
 
 class BucketSpill:
-    """Per table and bucket, an Arrow IPC stream file in a folder. One thread per table may add rows."""
+    """Per table, one Arrow IPC file of sorted runs and an index of where each bucket's rows lie in it.
+
+    Each frame that arrives is sorted by bucket and written as one run, and the index records each
+    bucket's row range in it: one write per frame however many buckets there are (one small write per
+    bucket and frame cost ten times the routing at 200 buckets, and made readers fall behind their
+    stream, whose unread frames then piled up in memory). Reading a bucket maps the file, gathers that
+    bucket's ranges and copies them out, so only the pages read are resident and only until then.
+    One thread (or process) per table adds rows; the index is written when the spill is closed.
+    """
 
     def __init__(self, folder: Path, boundaries: pl.Series):
         self.folder, self.boundaries = folder, boundaries
         self.count = boundaries.len() + 1
-        self._writers: dict[tuple[str, int], ipc.RecordBatchStreamWriter] = {}
+        self._writers: dict[str, _RunWriter] = {}
+        self._ranges: dict[str, dict[int, list[tuple[int, int]]]] = {}
         self._lock = threading.Lock()
 
-    def _path(self, table: str, bucket: int) -> Path:
-        return self.folder / f"{table}-{bucket:06d}.arrows"
+    def _path(self, table: str, suffix: str = "runs") -> Path:
+        return self.folder / f"{table}.{suffix}.arrow"
 
     def add(self, table: str, rows: pl.DataFrame, created_at: str, contact_id: str) -> None:
         if rows.is_empty():
             return
         if self.count == 1:
-            parts = {0: rows}
+            buckets = pl.repeat(0, rows.height, dtype=pl.UInt32, eager=True).alias("bucket")
         else:
             buckets = self.boundaries.search_sorted(rows.select(order_key(created_at, contact_id)).to_series(),
-                                                    side="right")
-            parts = {key[0]: part for key, part in
-                     rows.with_columns(buckets.alias("bucket")).partition_by("bucket", as_dict=True,
-                                                                             include_key=False).items()}
-        for bucket, part in parts.items():
-            table_part = part.to_arrow()
-            with self._lock:
-                writer = self._writers.get((table, bucket))
-                if writer is None:
-                    writer = self._writers[(table, bucket)] = ipc.new_stream(self._path(table, bucket),
-                                                                               table_part.schema)
-            writer.write_table(table_part)
+                                                    side="right").alias("bucket")
+        run = rows.with_columns(buckets).sort("bucket", maintain_order=True)
+        with self._lock:
+            writer = self._writers.get(table)
+            if writer is None:
+                writer = self._writers[table] = _RunWriter(self._path(table), self._path(table, "index"))
+        writer.write(run.drop("bucket"), run["bucket"], self.count)
 
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
 
+    def _bucket_ranges(self, table: str) -> dict[int, list[tuple[int, int]]]:
+        """bucket -> [(first row, rows)] in the runs file, from the index its writer left."""
+        if table not in self._ranges:
+            path = self._path(table, "index")
+            ranges: dict[int, list[tuple[int, int]]] = {}
+            if path.exists():
+                with pa.memory_map(str(path)) as source:
+                    index = pl.from_arrow(ipc.open_file(source).read_all())
+                for bucket, start, length in index.iter_rows():
+                    ranges.setdefault(bucket, []).append((start, length))
+            self._ranges[table] = ranges
+        return self._ranges[table]
+
     def read(self, table: str, bucket: int, schema: dict) -> pl.DataFrame:
-        path = self._path(table, bucket)
-        if not path.exists():
+        ranges = self._bucket_ranges(table).get(bucket)
+        if not ranges:
             return pl.DataFrame(schema=schema)
-        with pa.memory_map(str(path)) as source:
-            return pl.from_arrow(ipc.open_stream(source).read_all()).cast(schema)
+        with pa.memory_map(str(self._path(table))) as source:
+            runs = ipc.open_file(source).read_all()
+            parts = pa.concat_tables([runs.slice(start, length) for start, length in ranges])
+            return pl.from_arrow(parts, rechunk=True).cast(schema)
+
+
+class _RunWriter:
+    """Writes one table's runs and, on close, their index (bucket, first row, rows)."""
+
+    def __init__(self, path: Path, index_path: Path):
+        self.path, self.index_path = path, index_path
+        self._writer: ipc.RecordBatchFileWriter | None = None
+        self._rows = 0
+        self._index: list[pl.DataFrame] = []
+
+    def write(self, run: pl.DataFrame, buckets: pl.Series, bucket_count: int) -> None:
+        """run: rows sorted by bucket; buckets: their bucket numbers, in the same order."""
+        table = run.to_arrow()
+        if self._writer is None:
+            self._writer = ipc.new_file(str(self.path), table.schema)
+        self._writer.write_table(table)
+        starts = buckets.search_sorted(pl.Series(range(bucket_count + 1), dtype=pl.UInt32), side="left")
+        self._index.append(pl.DataFrame({
+            "bucket": pl.Series(range(bucket_count), dtype=pl.UInt32),
+            "start": starts[:-1].cast(pl.UInt64) + self._rows,
+            "length": (starts[1:] - starts[:-1]).cast(pl.UInt64),
+        }).filter(pl.col("length") > 0))
+        self._rows += run.height
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        index = pl.concat(self._index).sort("bucket", maintain_order=True).to_arrow()
+        with ipc.new_file(str(self.index_path), index.schema) as writer:
+            writer.write_table(index)
 
 
 # Per table: its contact's order key columns, and the instant the source fingerprint takes the max of.

@@ -113,8 +113,9 @@ class BucketSpill:
             return pl.DataFrame(schema=schema)
         with pa.memory_map(str(self._path(table))) as source:
             runs = ipc.open_file(source).read_all()
-            parts = pa.concat_tables([runs.slice(start, length) for start, length in ranges])
-            return pl.from_arrow(parts, rechunk=True).cast(schema)
+            # combine_chunks copies just the ranges out of the map (polars would take whole runs' buffers).
+            rows = pa.concat_tables([runs.slice(start, length) for start, length in ranges]).combine_chunks()
+        return pl.from_arrow(rows).cast(schema)
 
 
 class _RunWriter:

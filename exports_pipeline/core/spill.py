@@ -54,24 +54,25 @@ def bucket_boundaries(sample: pl.DataFrame, contacts: int, batch_size: int) -> p
 
 
 class BucketSpill:
-    """Per table, one Arrow IPC file of sorted runs and an index of where each bucket's rows lie in it.
+    """Per table, one Arrow IPC file of pieces (one record batch per bucket and frame) and an index of
+    which pieces hold which bucket.
 
-    Each frame that arrives is sorted by bucket and written as one run, and the index records each
-    bucket's row range in it: one write per frame however many buckets there are (one small write per
-    bucket and frame cost ten times the routing at 200 buckets, and made readers fall behind their
-    stream, whose unread frames then piled up in memory). Reading a bucket maps the file, gathers that
-    bucket's ranges and copies them out, so only the pages read are resident and only until then.
+    Each frame that arrives is converted to Arrow once, sorted by bucket, and each bucket's range is
+    written as a slice of it (converting one small part per bucket and frame cost ten times the
+    routing at 200 buckets, and made readers fall behind their stream, whose unread frames then piled
+    up in memory). Reading a bucket reads just its pieces through the file's footer, with plain reads:
+    a memory map of the file counted every page near a piece in the process's memory.
     One thread (or process) per table adds rows; the index is written when the spill is closed.
     """
 
     def __init__(self, folder: Path, boundaries: pl.Series):
         self.folder, self.boundaries = folder, boundaries
         self.count = boundaries.len() + 1
-        self._writers: dict[str, _RunWriter] = {}
-        self._ranges: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        self._writers: dict[str, _PieceWriter] = {}
+        self._pieces: dict[str, dict[int, list[int]]] = {}
         self._lock = threading.Lock()
 
-    def _path(self, table: str, suffix: str = "runs") -> Path:
+    def _path(self, table: str, suffix: str = "pieces") -> Path:
         return self.folder / f"{table}.{suffix}.arrow"
 
     def add(self, table: str, rows: pl.DataFrame, created_at: str, contact_id: str) -> None:
@@ -86,7 +87,7 @@ class BucketSpill:
         with self._lock:
             writer = self._writers.get(table)
             if writer is None:
-                writer = self._writers[table] = _RunWriter(self._path(table), self._path(table, "index"))
+                writer = self._writers[table] = _PieceWriter(self._path(table), self._path(table, "index"))
         writer.write(run.drop("bucket"), run["bucket"], self.count)
 
     def close(self) -> None:
@@ -94,59 +95,56 @@ class BucketSpill:
             writer.close()
         self._writers.clear()
 
-    def _bucket_ranges(self, table: str) -> dict[int, list[tuple[int, int]]]:
-        """bucket -> [(first row, rows)] in the runs file, from the index its writer left."""
-        if table not in self._ranges:
+    def _bucket_pieces(self, table: str) -> dict[int, list[int]]:
+        """bucket -> numbers of the record batches holding its rows, from the index its writer left."""
+        if table not in self._pieces:
             path = self._path(table, "index")
-            ranges: dict[int, list[tuple[int, int]]] = {}
+            pieces: dict[int, list[int]] = {}
             if path.exists():
-                with pa.memory_map(str(path)) as source:
+                with pa.OSFile(str(path)) as source:
                     index = pl.from_arrow(ipc.open_file(source).read_all())
-                for bucket, start, length in index.iter_rows():
-                    ranges.setdefault(bucket, []).append((start, length))
-            self._ranges[table] = ranges
-        return self._ranges[table]
+                for bucket, batch in index.iter_rows():
+                    pieces.setdefault(bucket, []).append(batch)
+            self._pieces[table] = pieces
+        return self._pieces[table]
 
     def read(self, table: str, bucket: int, schema: dict) -> pl.DataFrame:
-        ranges = self._bucket_ranges(table).get(bucket)
-        if not ranges:
+        numbers = self._bucket_pieces(table).get(bucket)
+        if not numbers:
             return pl.DataFrame(schema=schema)
-        with pa.memory_map(str(self._path(table))) as source:
-            runs = ipc.open_file(source).read_all()
-            # combine_chunks copies just the ranges out of the map (polars would take whole runs' buffers).
-            rows = pa.concat_tables([runs.slice(start, length) for start, length in ranges]).combine_chunks()
+        with pa.OSFile(str(self._path(table))) as source:
+            reader = ipc.open_file(source)
+            rows = pa.Table.from_batches([reader.get_batch(n) for n in numbers]).combine_chunks()
         return pl.from_arrow(rows).cast(schema)
 
 
-class _RunWriter:
-    """Writes one table's runs and, on close, their index (bucket, first row, rows)."""
+class _PieceWriter:
+    """Writes one table's pieces and, on close, their index (bucket, record batch number)."""
 
     def __init__(self, path: Path, index_path: Path):
         self.path, self.index_path = path, index_path
         self._writer: ipc.RecordBatchFileWriter | None = None
-        self._rows = 0
-        self._index: list[pl.DataFrame] = []
+        self._buckets: list[int] = []  # of each record batch written, in order
 
     def write(self, run: pl.DataFrame, buckets: pl.Series, bucket_count: int) -> None:
         """run: rows sorted by bucket; buckets: their bucket numbers, in the same order."""
-        table = run.to_arrow()
+        table = run.to_arrow().combine_chunks()
         if self._writer is None:
             self._writer = ipc.new_file(str(self.path), table.schema)
-        self._writer.write_table(table)
-        starts = buckets.search_sorted(pl.Series(range(bucket_count + 1), dtype=pl.UInt32), side="left")
-        self._index.append(pl.DataFrame({
-            "bucket": pl.Series(range(bucket_count), dtype=pl.UInt32),
-            "start": starts[:-1].cast(pl.UInt64) + self._rows,
-            "length": (starts[1:] - starts[:-1]).cast(pl.UInt64),
-        }).filter(pl.col("length") > 0))
-        self._rows += run.height
+        rows = table.to_batches()[0]  # one batch: the run is one chunk, and never empty
+        starts = buckets.search_sorted(pl.Series(range(bucket_count + 1), dtype=pl.UInt32), side="left").to_list()
+        for bucket in range(bucket_count):
+            if starts[bucket + 1] > starts[bucket]:
+                self._writer.write_batch(rows.slice(starts[bucket], starts[bucket + 1] - starts[bucket]))
+                self._buckets.append(bucket)
 
     def close(self) -> None:
         if self._writer is None:
             return
         self._writer.close()
         self._writer = None
-        index = pl.concat(self._index).sort("bucket", maintain_order=True).to_arrow()
+        index = pl.DataFrame({"bucket": self._buckets, "batch": range(len(self._buckets))},
+                             schema={"bucket": pl.UInt32, "batch": pl.UInt32}).to_arrow()
         with ipc.new_file(str(self.index_path), index.schema) as writer:
             writer.write_table(index)
 

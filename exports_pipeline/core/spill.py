@@ -123,6 +123,7 @@ class _PieceWriter:
 
     def __init__(self, path: Path, index_path: Path):
         self.path, self.index_path = path, index_path
+        self._sink: pa.BufferedOutputStream | None = None
         self._writer: ipc.RecordBatchFileWriter | None = None
         self._buckets: list[int] = []  # of each record batch written, in order
 
@@ -130,7 +131,9 @@ class _PieceWriter:
         """run: rows sorted by bucket; buckets: their bucket numbers, in the same order."""
         table = run.to_arrow().combine_chunks()
         if self._writer is None:
-            self._writer = ipc.new_file(str(self.path), table.schema)
+            # Buffered: unbuffered, every buffer of every small piece was a system call of its own (3x slower).
+            self._sink = pa.BufferedOutputStream(pa.OSFile(str(self.path), "wb"), buffer_size=1 << 20)
+            self._writer = ipc.new_file(self._sink, table.schema)
         rows = table.to_batches()[0]  # one batch: the run is one chunk, and never empty
         starts = buckets.search_sorted(pl.Series(range(bucket_count + 1), dtype=pl.UInt32), side="left").to_list()
         for bucket in range(bucket_count):
@@ -142,7 +145,8 @@ class _PieceWriter:
         if self._writer is None:
             return
         self._writer.close()
-        self._writer = None
+        self._sink.close()
+        self._writer = self._sink = None
         index = pl.DataFrame({"bucket": self._buckets, "batch": range(len(self._buckets))},
                              schema={"bucket": pl.UInt32, "batch": pl.UInt32}).to_arrow()
         with ipc.new_file(str(self.index_path), index.schema) as writer:

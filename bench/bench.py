@@ -474,7 +474,10 @@ def profile_cli(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dict
     base = [sys.executable, "-m", "exports_pipeline.cli", "export", db.campaign_id, *batch]
     # The first run creates the instance's storage; the profiled one reuses it, as (c) does.
     warm = run_measured(base, env=env, cwd=folder, log_prefix=folder / "warm", poll=args.poll)
-    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), *base[1:]]
+    # Through main(), not `-m exports_pipeline.cli`: the command's entry point ends with os._exit, which
+    # would leave cProfile no chance to write its file.
+    cmd = [sys.executable, "-c", "import cProfile, sys; from exports_pipeline.cli import main; "
+           "cProfile.run('main(sys.argv[1:])', sys.argv.pop(1))", str(prof), *base[3:]]
     wall, peak, _, code, _, _ = run_measured(cmd, env=env, cwd=folder, log_prefix=folder / "log", poll=args.poll)
     if code != 0 or warm[3] != 0:
         raise SystemExit((folder / "log.err").read_text()[-3000:])

@@ -78,17 +78,20 @@ class BucketSpill:
     def add(self, table: str, rows: pl.DataFrame, created_at: str, contact_id: str) -> None:
         if rows.is_empty():
             return
-        if self.count == 1:
-            buckets = pl.repeat(0, rows.height, dtype=pl.UInt32, eager=True).alias("bucket")
+        if self.count == 1:  # one bucket: nothing to sort
+            run, starts = rows, [0, rows.height]
         else:
             buckets = self.boundaries.search_sorted(rows.select(order_key(created_at, contact_id)).to_series(),
                                                     side="right").alias("bucket")
-        run = rows.with_columns(buckets).sort("bucket", maintain_order=True)
+            run = rows.with_columns(buckets).sort("bucket", maintain_order=True)
+            starts = run["bucket"].search_sorted(pl.Series(range(self.count + 1), dtype=pl.UInt32),
+                                                 side="left").to_list()
+            run = run.drop("bucket")
         with self._lock:
             writer = self._writers.get(table)
             if writer is None:
                 writer = self._writers[table] = _PieceWriter(self._path(table), self._path(table, "index"))
-        writer.write(run.drop("bucket"), run["bucket"], self.count)
+        writer.write(run, starts)
 
     def close(self) -> None:
         for writer in self._writers.values():
@@ -127,16 +130,15 @@ class _PieceWriter:
         self._writer: ipc.RecordBatchFileWriter | None = None
         self._buckets: list[int] = []  # of each record batch written, in order
 
-    def write(self, run: pl.DataFrame, buckets: pl.Series, bucket_count: int) -> None:
-        """run: rows sorted by bucket; buckets: their bucket numbers, in the same order."""
+    def write(self, run: pl.DataFrame, starts: list[int]) -> None:
+        """run: rows sorted by bucket; starts: the first row of each bucket in it, then its length."""
         table = run.to_arrow().combine_chunks()
         if self._writer is None:
             # Buffered: unbuffered, every buffer of every small piece was a system call of its own (3x slower).
             self._sink = pa.BufferedOutputStream(pa.OSFile(str(self.path), "wb"), buffer_size=1 << 20)
             self._writer = ipc.new_file(self._sink, table.schema)
         rows = table.to_batches()[0]  # one batch: the run is one chunk, and never empty
-        starts = buckets.search_sorted(pl.Series(range(bucket_count + 1), dtype=pl.UInt32), side="left").to_list()
-        for bucket in range(bucket_count):
+        for bucket in range(len(starts) - 1):
             if starts[bucket + 1] > starts[bucket]:
                 self._writer.write_batch(rows.slice(starts[bucket], starts[bucket + 1] - starts[bucket]))
                 self._buckets.append(bucket)

@@ -10,7 +10,8 @@ run, alternating so that drift hits all three alike, these three processes:
   (b) the export core alone in a fresh Python process (bench/core_export.py: stage_export, then
       publish_export to a LocalDestination in a temp folder; CSV and Parquet);
   (c) the whole `exports-pipeline export CAMPAIGN_ID` command (Dagster, in process), with
-      EXPORTS_SOURCE_URL, EXPORTS_DESTINATION and DAGSTER_HOME pointing at temp folders.
+      EXPORTS_SOURCE_URL and EXPORTS_DESTINATION set and DAGSTER_HOME unset: its embedded default
+      instance (./.dagster_home of one folder kept for all its runs), as a user runs it.
 
 Each size gets its own database, exports_bench_<N>, seeded with `exports-pipeline seed` (one campaign
 holding the N contacts) and reused by later runs when its row count still matches (--reseed forces a
@@ -147,6 +148,13 @@ def run_measured(cmd: list[str], *, env: dict | None, cwd: Path, log_prefix: Pat
     return wall, max(peak[0], single), single, proc.returncode, samples[0], usage.ru_utime + usage.ru_stime
 
 
+def cli_environment(source_url: str, destination: Path) -> dict:
+    """The command's environment as a user's: source and destination set, DAGSTER_HOME unset, so that it
+    uses its embedded default instance (./.dagster_home, created with its own dagster.yaml on first use)."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return env | {"EXPORTS_SOURCE_URL": source_url, "EXPORTS_DESTINATION": str(destination)}
+
+
 # ------------------------------------------------------------------------------------ the databases
 
 def with_database(url: str, database: str) -> str:
@@ -243,8 +251,8 @@ class Cases:
     """Builds and runs the three measured processes for one database."""
 
     def __init__(self, args: argparse.Namespace, db: BenchDatabase, reference_sql: str, work: Path,
-                 dagster_home: Path, cli: Path):
-        self.args, self.db, self.work, self.dagster_home, self.cli = args, db, work, dagster_home, cli
+                 cli_folder: Path, cli: Path):
+        self.args, self.db, self.work, self.cli_folder, self.cli = args, db, work, cli_folder, cli
         self.reference_sql = " ".join(reference_sql.split())  # \copy takes the rest of one line
         self.psql = shutil.which("psql") or "psql"
 
@@ -253,8 +261,10 @@ class Cases:
         try:
             cmd, env, timings = self._command(case, folder)
             load = Path("/proc/loadavg").read_text().split(" ")[:3]
+            # (c) runs where its embedded instance (./.dagster_home) persists between runs, as a user's does.
             wall, peak, single, code, samples, cpu = run_measured(
-                cmd, env=env, cwd=folder, log_prefix=folder / "log", poll=self.args.poll)
+                cmd, env=env, cwd=self.cli_folder if case == "c" else folder, log_prefix=folder / "log",
+                poll=self.args.poll)
             if code != 0:
                 err = (folder / "log.err").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"case ({case}) at {self.db.size:,} failed with exit code {code}:\n{err}")
@@ -277,10 +287,8 @@ class Cases:
             timings = folder / "timings.json"
             return [sys.executable, str(CORE_SCRIPT), "--source-url", self.db.url, "--campaign", self.db.campaign_id,
                     "--dest", str(folder / "dest"), "--timings", str(timings), *batch], None, timings
-        env = dict(os.environ, EXPORTS_SOURCE_URL=self.db.url, EXPORTS_DESTINATION=str(folder / "dest"),
-                   DAGSTER_HOME=str(self.dagster_home))
         return [str(self.cli), "export", self.db.campaign_id, "--format", "csv", "--format", "parquet", *batch], \
-            env, None
+            cli_environment(self.db.url, folder / "dest"), None
 
     @staticmethod
     def _inspect_output(run: Run, folder: Path, timings: Path | None) -> None:
@@ -467,9 +475,7 @@ def profile_cli(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dict
     print(f"\n=== --profile: (c) at {db.size:,} contacts (fixed costs of the command) ===")
     folder = Path(tempfile.mkdtemp(prefix="profile-cli-", dir=work))
     prof = folder / "cli.prof"
-    env = dict(os.environ, EXPORTS_SOURCE_URL=db.url, EXPORTS_DESTINATION=str(folder / "dest"),
-               DAGSTER_HOME=str(folder / "home"))
-    (folder / "home").mkdir()
+    env = cli_environment(db.url, folder / "dest")
     batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     base = [sys.executable, "-m", "exports_pipeline.cli", "export", db.campaign_id, *batch]
     # The first run creates the instance's storage; the profiled one reuses it, as (c) does.
@@ -723,9 +729,9 @@ def use_code(revision: str, work: Path) -> tuple[Path, str]:
 def run_timing(args: argparse.Namespace, dbs: dict[int, BenchDatabase], references: dict[int, str], sizes: list[int],
                work: Path, cli: Path, runs: list[Run], report: dict) -> None:
     """The alternating a,b,c runs of every size, then the tables."""
-    dagster_home = Path(tempfile.mkdtemp(prefix="dagster-home-", dir=work))  # one instance for all (c) runs
+    cli_folder = Path(tempfile.mkdtemp(prefix="cli-", dir=work))  # one embedded instance for all (c) runs
     for size in sizes:
-        cases = Cases(args, dbs[size], references[size], work, dagster_home, cli)
+        cases = Cases(args, dbs[size], references[size], work, cli_folder, cli)
         order = [(case, 0) for case in CASES] + [(c, i) for i in range(1, args.repeat + 1) for c in CASES]
         print(f"\n{size:,} contacts: warm-up then {args.repeat} x (a, b, c)", flush=True)
         for case, iteration in order:

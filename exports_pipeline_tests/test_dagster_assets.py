@@ -79,3 +79,15 @@ def test_parquet_only_run_materializes_only_parquet(resources):
         assert result.success
         keys = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("campaign_export")]
         assert keys == ["campaign_results_parquet", "campaign_stats"]  # stats come with every export
+
+
+def test_local_destination_run_builds_no_s3_client(resources, monkeypatch):
+    """S3Resource would attach a boto3 client to every run (about 0.3 s); a local export needs none."""
+    import boto3.session
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an S3 client was built for a local destination")
+
+    monkeypatch.setattr(boto3.session.Session, "client", refuse)
+    with dg.instance_for_test() as instance:
+        assert materialize(resources, instance, C1).success

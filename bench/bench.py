@@ -525,12 +525,13 @@ def command_phases(stats: pstats.Stats) -> dict[str, float]:
 class _Captured(BaseException):
     """Raised by the stubs below to carry a query out (BaseException: the core catches Exception)."""
 
-    def __init__(self, sql: str):
+    def __init__(self, sql: str, settings: list[str] | None = None):
         super().__init__(sql)
-        self.sql = sql
+        self.sql, self.settings = sql, settings or []
 
 
 SKIPPED_METHODS = {"close", "campaign_ids"}  # not part of one campaign's export
+NOT_SUMMED_METHODS = {"fingerprint"}  # shown, but an export tallies its fingerprint from its streams instead
 
 
 def _source_methods(source) -> list[tuple[str, object]]:
@@ -577,8 +578,11 @@ def capture_source_queries(db: BenchDatabase) -> tuple[dict[str, dict], int]:
                         contact_ids = first["id"].to_list()
                         break
 
-        def stub(conn, query, *rest, **kw):
-            raise _Captured(query if isinstance(query, str) else ";\n".join(query))
+        def stub(conn, query, *rest, pre_execution_query=None, **kw):
+            # The session settings the export's reads run with (not its snapshot import).
+            settings = [q for q in pre_execution_query or [] if q.upper().startswith("SET ")
+                        and not q.upper().startswith("SET TRANSACTION")]
+            raise _Captured(query if isinstance(query, str) else ";\n".join(query), settings)
 
         def rows_stub(sql, *rest, **kw):
             raise _Captured(sql)
@@ -599,7 +603,8 @@ def capture_source_queries(db: BenchDatabase) -> tuple[dict[str, dict], int]:
                 except _Captured as captured:
                     takes_ids = "contact_ids" in kwargs or "ids" in kwargs
                     label = f"{name} (first batch, {len(contact_ids):,} ids)" if takes_ids else name
-                    queries[label] = {"method": name, "sql": captured.sql, "per_batch": takes_ids}
+                    queries[label] = {"method": name, "sql": captured.sql, "per_batch": takes_ids,
+                                      "settings": captured.settings}
                 else:
                     print(f"  ({name}: sent no query through connectorx or PostgresSource._rows)")
         finally:
@@ -631,7 +636,7 @@ def time_core_reads(db: BenchDatabase, queries: dict[str, dict]) -> dict[str, fl
 def explain(args: argparse.Namespace, db: BenchDatabase, reference_sql: str) -> dict:
     print(f"\n=== --explain: source queries at {db.size:,} contacts ===")
     queries, batch_size = capture_source_queries(db)
-    queries["reference query (a)"] = {"method": None, "sql": reference_sql, "per_batch": False}
+    queries["reference query (a)"] = {"method": None, "sql": reference_sql, "per_batch": False, "settings": []}
     batches = -(-db.size // batch_size)
     results = {}
     with psycopg.connect(db.url, autocommit=True) as conn:
@@ -639,6 +644,10 @@ def explain(args: argparse.Namespace, db: BenchDatabase, reference_sql: str) -> 
             sql = query["sql"]
             shown = sql if len(sql) < 1500 else sql[:700] + f" ... [{len(sql):,} characters] ... " + sql[-300:]
             print(f"\n--- {name}\n{shown}\n")
+            conn.execute("RESET ALL")  # the reference query runs with the server's defaults, as psql's does
+            for setting in query.get("settings", []):
+                print(setting)
+                conn.execute(setting)
             start = time.perf_counter()
             plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")]
             wall = time.perf_counter() - start
@@ -652,7 +661,7 @@ def explain(args: argparse.Namespace, db: BenchDatabase, reference_sql: str) -> 
     total = 0.0
     for name, r in results.items():
         per_export = r["execution_s"] * (batches if r["per_batch"] else 1)
-        if not name.startswith("reference"):
+        if r["method"] is not None and r["method"] not in NOT_SUMMED_METHODS:
             total += per_export
         extra = f"  x {batches} batches = {per_export:.2f} s" if r["per_batch"] else ""
         print(f"  server execution {r['execution_s']:8.3f} s  {name}{extra}")

@@ -13,6 +13,10 @@ run, alternating so that drift hits all three alike, these three processes:
       EXPORTS_SOURCE_URL and EXPORTS_DESTINATION set and DAGSTER_HOME unset: its embedded default
       instance (./.dagster_home of one folder kept for all its runs), as a user runs it.
 
+With a small campaign (--small), it also times the floor under (c): bench/dagster_floor.py imports the
+data libraries and Dagster and runs one trivial asset in process on a SQLite instance, which any
+command exporting through Dagster pays before its own work.
+
 Each size gets its own database, exports_bench_<N>, seeded with `exports-pipeline seed` (one campaign
 holding the N contacts) and reused by later runs when its row count still matches (--reseed forces a
 fresh one). After one warm-up of each case, the cases run --repeat times in the order a,b,c,a,b,c,...
@@ -54,6 +58,7 @@ import psycopg
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CORE_SCRIPT = BENCH_DIR / "core_export.py"
+FLOOR_SCRIPT = BENCH_DIR / "dagster_floor.py"
 DEFAULT_REFERENCE = REPO.parent / "shared" / "bench" / "reference_query.py"
 DEFAULT_SIZES = (100_000, 1_000_000)
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -772,6 +777,8 @@ def run_timing(args: argparse.Namespace, dbs: dict[int, BenchDatabase], referenc
             print(f"  ({case}) {label:<8} {run.wall_s:8.2f} s  CPU {run.cpu_s:7.2f} s  "
                   f"peak RSS {run.peak_tree_rss_mib:7.0f} MiB  rows {run.rows or 0:,}  load {run.loadavg_before}",
                   flush=True)
+    if args.small:
+        report["dagster_floor"] = measure_dagster_floor(args, work)
     summary = summarize(runs, dbs)
     print("\n" + "=" * 100)
     print(f"medians of {args.repeat} runs after a warm-up; peak RSS = highest process-tree sum over the runs")
@@ -785,6 +792,27 @@ def run_timing(args: argparse.Namespace, dbs: dict[int, BenchDatabase], referenc
     print("\nMarkdown (README):\n")
     print(table)
     report.update(summary={str(k): v for k, v in summary.items()}, targets=verdicts, markdown=table)
+
+
+def measure_dagster_floor(args: argparse.Namespace, work: Path) -> dict:
+    """bench/dagster_floor.py --repeat times after a warm-up, on one SQLite instance: the part of (c) at
+    the small size that no export code can remove (Dagster's start and run, the data libraries' imports)."""
+    folder = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+    env = dict(os.environ, DAGSTER_HOME=str(folder))
+    walls, cpus = [], []
+    for iteration in range(args.repeat + 1):
+        wall, _, _, code, _, cpu = run_measured([sys.executable, str(FLOOR_SCRIPT)], env=env, cwd=folder,
+                                                log_prefix=folder / f"log{iteration}", poll=args.poll)
+        if code != 0:
+            raise SystemExit((folder / f"log{iteration}.err").read_text()[-3000:])
+        if iteration:
+            walls.append(wall)
+            cpus.append(cpu)
+    floor = {"median_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus), "walls": walls}
+    print(f"\nfloor under (c): imports of the data libraries and Dagster, a SQLite instance and one trivial "
+          f"in-process run (bench/dagster_floor.py): median {floor['median_s']:.2f} s, CPU {floor['median_cpu_s']:.2f} s "
+          f"({', '.join(f'{w:.2f}' for w in walls)})", flush=True)
+    return floor
 
 
 def main(argv: list[str] | None = None) -> int:

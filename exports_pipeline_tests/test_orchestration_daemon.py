@@ -95,5 +95,9 @@ def test_a_backfill_of_20_partitions_completes_within_the_source_pool_limit(depl
     assert {(r.tags["trigger"], r.tags["formats"]) for r in runs} == {("backfill", "csv,parquet")}
     assert all((d.exports / f"campaign_id={k}" / "latest.json").is_file() for k in keys)
 
-    everything = [i for r in d.instance.get_runs() for i in _step_intervals(d.instance, r.run_id)]
-    assert len(everything) >= 20 and _max_overlap(everything) <= POOL_LIMIT
+    by_run = {r.run_id[:8]: _step_intervals(d.instance, r.run_id) for r in d.instance.get_runs()}
+    everything = [i for intervals in by_run.values() for i in intervals]
+    # The intervals in the message: an overlap over the limit (seen once under a loaded suite, never
+    # reproduced alone) needs them to be told apart from a clock or bookkeeping artefact.
+    assert len(everything) >= 20 and _max_overlap(everything) <= POOL_LIMIT, sorted(
+        (round(start, 3), round(end, 3), run) for run, intervals in by_run.items() for start, end in intervals)

@@ -127,6 +127,16 @@ class Deployment:
         return list(self.instance.get_runs(filters=dg.RunsFilter(tags=tags)))
 
 
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most (start, end) intervals open at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, change in edges:  # at equal times the end (-1) sorts first
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
 def _merge(base: dict, overrides: dict) -> dict:
     return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}}
 

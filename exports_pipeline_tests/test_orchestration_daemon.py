@@ -12,7 +12,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
+from exports_pipeline_tests.conftest import BIN, REPO, max_overlap, running_deployment
 
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
 POOL_LIMIT = 2  # concurrency.pools.default_limit of dagster.yaml
@@ -68,15 +68,6 @@ def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> list[tuple[flo
     return [(starts[k], ends[k]) for k in starts]
 
 
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, change in edges:  # at equal times the end (-1) sorts first
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 def test_a_backfill_of_20_partitions_completes_within_the_source_pool_limit(deployment):
     d = deployment
     keys = d.campaigns[:20]
@@ -99,5 +90,5 @@ def test_a_backfill_of_20_partitions_completes_within_the_source_pool_limit(depl
     everything = [i for intervals in by_run.values() for i in intervals]
     # The intervals in the message: an overlap over the limit (seen once under a loaded suite, never
     # reproduced alone) needs them to be told apart from a clock or bookkeeping artefact.
-    assert len(everything) >= 20 and _max_overlap(everything) <= POOL_LIMIT, sorted(
+    assert len(everything) >= 20 and max_overlap(everything) <= POOL_LIMIT, sorted(
         (round(start, 3), round(end, 3), run) for run, intervals in by_run.items() for start, end in intervals)

@@ -62,7 +62,9 @@ class PoolSafePostgresEventLogStorage(PostgresEventLogStorage):
         with self._pool_lock(concurrency_key):
             default_limit = self._instance.global_op_concurrency_default_limit
             pool = next((p for p in self.get_pool_limits() if p.name == concurrency_key), None)
-            if pool is None or not pool.from_default or default_limit is None:
+            if pool is not None and not pool.from_default:
+                return True  # set with `dagster instance concurrency set`: not the default's to change
+            if pool is None or default_limit is None:  # a new pool's insert, or a default that was removed
                 return super().initialize_concurrency_limit_to_default(concurrency_key)
             if pool.limit != default_limit:
                 # Dagster's own code runs this update after a failed INSERT, in an aborted transaction.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from dagster_aws.ecs import EcsRunLauncher
 
 from exports_pipeline.event_log_storage import PoolSafePostgresEventLogStorage
 from exports_pipeline.run_tags import ExportRunCoordinator
-from exports_pipeline_tests.conftest import max_overlap
+from exports_pipeline_tests.conftest import BIN, max_overlap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,25 +93,32 @@ def test_the_production_pool_never_hands_out_more_slots_than_its_limit(pg_url, t
 def test_a_new_default_limit_in_dagster_yaml_applies_to_a_running_deployment(pg_url, tmp_path, monkeypatch):
     # Dagster's own PostgreSQL event log failed every claim after the change (InFailedSqlTransaction).
     use_storage_database(monkeypatch, pg_url)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     production = (REPO / "dagster.yaml").read_text()
     assert production.count("default_limit: 2") == 1
     run_id = str(uuid.uuid4())
 
-    def claims_with_default_limit(limit: int, steps: list[str], freed: list[str] = ()) -> list[bool]:
-        """A run worker started after dagster.yaml said `default_limit: limit`: frees, then claims."""
+    def claims_with_default_limit(limit: int, steps: list[str], freed: list[str] = ()):
+        """A run worker started after dagster.yaml said `default_limit: limit`: frees, then claims.
+        Returns the claims' outcomes and the pool's (limit, from the default) afterwards."""
         (tmp_path / "dagster.yaml").write_text(production.replace("default_limit: 2", f"default_limit: {limit}"))
-        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        with dg.DagsterInstance.get() as instance:
             storage = instance.event_log_storage
             storage.initialize_concurrency_limit_to_default(POOL)  # what a run's first claim of the pool does
-            assert [(p.name, p.limit, p.from_default) for p in storage.get_pool_limits()] == [(POOL, limit, True)]
             for step in freed:
                 storage.free_concurrency_slot_for_step(run_id, step)
-            return [storage.claim_concurrency_slot(POOL, run_id, step).is_claimed for step in steps]
+            claimed = [storage.claim_concurrency_slot(POOL, run_id, step).is_claimed for step in steps]
+            (pool,) = storage.get_pool_limits()
+            return claimed, (pool.limit, pool.from_default)
 
-    assert claims_with_default_limit(2, ["a", "b", "c"]) == [True, True, False]
-    assert claims_with_default_limit(3, ["c", "d"]) == [True, False]  # the waiting step gets the new slot
-    assert claims_with_default_limit(1, ["d"]) == [False]  # three running steps, now over the limit
-    assert claims_with_default_limit(1, ["d", "e"], freed=["a", "b", "c"]) == [True, False]
+    assert claims_with_default_limit(2, ["a", "b", "c"]) == ([True, True, False], (2, True))
+    assert claims_with_default_limit(3, ["c", "d"]) == ([True, False], (3, True))  # the waiting step gets the new slot
+    assert claims_with_default_limit(1, ["d"]) == ([False], (1, True))  # three running steps, now over the limit
+    assert claims_with_default_limit(1, ["d", "e"], freed=["a", "b", "c"]) == ([True, False], (1, True))
+
+    # A limit an operator set by hand outlives default_limit changes.
+    subprocess.run([BIN / "dagster", "instance", "concurrency", "set", POOL, "2"], check=True, capture_output=True)
+    assert claims_with_default_limit(3, ["e", "f"]) == ([True, False], (2, False))
 
 
 def test_the_ecs_example_is_a_valid_run_launcher_for_the_production_instance(monkeypatch):

@@ -108,6 +108,7 @@ EXPECTED_ROWS = [
 EXPECTED_ANOMALIES = {
     "attempts_other_campaign": 1, "answers_other_campaign": 1, "answers_out_of_range": 2,
     "transcript_not_object": 1, "transcript_text_not_string": 1, "transcript_invalid_json": 0,
+    "rows_with_infinite_timestamps": 0, "xlsx_cells_cut": 0,
 }
 
 

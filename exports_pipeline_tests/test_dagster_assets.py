@@ -1,6 +1,8 @@
 """The Dagster layer: dg.materialize with dg.instance_for_test() on the real PostgreSQL source."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import dagster as dg
@@ -43,7 +45,11 @@ def test_materialization_metadata_and_checks(resources, tmp_path):
         with open(location, "rb") as handle:
             assert handle.read() == awkward.expected_csv()
         assert len(csv_meta["sha256"].value) == 64
-        assert "| campaign_id |" in csv_meta["preview"].value
+        header, first_row = list(csv.reader(io.StringIO(awkward.expected_csv().decode("utf-8-sig"))))[:2]
+        preview = csv_meta["preview"].value  # a table of the file's own cells
+        assert [column.name for column in preview.schema.columns] == header
+        assert [preview.records[0].data[name] or "" for name in header] == first_row
+        assert csv_meta["campaign_name"].value == awkward.NAME
         assert csv_meta["anomalies"].value == awkward.EXPECTED_ANOMALIES
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
         assert checks == {"row_count_matches_source": True, "contact_id_unique": True, "header_matches_spec": True,

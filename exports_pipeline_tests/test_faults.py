@@ -35,7 +35,7 @@ from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.seed import seed_source
 from exports_pipeline.core.source import APPLICATION_NAME
-from exports_pipeline.defs.assets import SOURCE_RETRY_POLICY, campaign_export
+from exports_pipeline.defs.assets import TRANSIENT_RETRIES, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
@@ -162,14 +162,14 @@ def test_connections_terminated_at_every_attempt_fail_the_run_naming_campaign_an
                 time.sleep(0.1)
         result = run.result(timeout=60)
 
-    assert result.returncode == 1 and terminated == SOURCE_RETRY_POLICY.max_retries + 1
+    assert result.returncode == 1 and terminated == TRANSIENT_RETRIES + 1
     printed, = [line for line in result.stderr.splitlines() if line.startswith("exports-pipeline: ")]
     assert f"campaign {C1}" in printed and CONNECTION_LOST.search(printed), printed
     assert tree(out) == before  # latest.json byte-identical, and no new file, reachable or not
     with cli_instance(tmp_path, monkeypatch) as instance:
         failed, = instance.get_runs()
         retries = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
-        assert len(retries) == SOURCE_RETRY_POLICY.max_retries
+        assert len(retries) == TRANSIENT_RETRIES
         step_failure, = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         cause = step_failure.dagster_event.event_specific_data.error.cause  # under "Exceeded max_retries"
         assert cause.cls_name == "SourceUnavailableError"

@@ -168,7 +168,7 @@ def _duplicate_rows(build_rows):
 
 
 def _drop_last_header_column(csv_frame):
-    return lambda rows, columns, guard: csv_frame(rows, columns, guard).rename({columns[-1]: "surprise"})
+    return lambda rows, columns, guard, **text: csv_frame(rows, columns, guard, **text).rename({columns[-1]: "surprise"})
 
 
 @pytest.mark.parametrize("failing_check, break_it", [

@@ -25,11 +25,11 @@ import psycopg
 from exports_pipeline.core.errors import ConfigurationError, InvalidInputError, SourceUnavailableError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.source import (
-    APPLICATION_NAME,
     ClosingReader,
+    connect_reading,
+    fingerprint_fields,
     open_source,
     parse_iso_timestamp,
-    pg_fingerprint_fields,
 )
 from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
@@ -110,9 +110,7 @@ class PostgresCatalog(Catalog):
     def __init__(self, url: str, statement_timeout_ms: int):
         self._url = url
         try:
-            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
-                                         options=f"-c statement_timeout={int(statement_timeout_ms)} "
-                                                 "-c default_transaction_read_only=on")
+            self._conn = connect_reading(url, statement_timeout_ms)
         except psycopg.Error as exc:
             raise SourceUnavailableError(
                 f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}") from None
@@ -120,9 +118,10 @@ class PostgresCatalog(Catalog):
     def close(self) -> None:
         self._conn.close()
 
-    def _rows(self, sql: str, params: tuple) -> list[tuple]:
+    def _rows(self, sql: str, params: tuple | dict, binary: bool = False) -> list[tuple]:
+        """binary: instants come through source.EdgeInstantLoader (datetime, or microseconds at the edges)."""
         try:
-            return self._conn.execute(sql, params).fetchall()
+            return self._conn.execute(sql, params, binary=binary).fetchall()
         except psycopg.Error as exc:
             raise SourceUnavailableError(
                 f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
@@ -167,8 +166,8 @@ class PostgresCatalog(Catalog):
             f"           WHERE {in_range} GROUP BY campaign_id) r ON r.campaign_id = c.id "
             "LEFT JOIN (SELECT campaign_id, count(*) n FROM survey_questions "
             f"           WHERE {in_range} GROUP BY campaign_id) q ON q.campaign_id = c.id "
-            "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]})
-        return {row[0]: pg_fingerprint_fields(row[1:]) for row in rows}
+            "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]}, binary=True)
+        return {row[0]: fingerprint_fields(row[1:]) for row in rows}
 
 
 class SqliteCatalog(Catalog):

@@ -23,9 +23,15 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from exports_pipeline.core.errors import ConfigurationError, DestinationError, PublicationError
+from exports_pipeline.core.errors import (
+    ConfigurationError,
+    DestinationError,
+    DestinationUnavailableError,
+    PublicationError,
+)
 
 MiB = 1 << 20
 MAX_PARTS = 10_000  # S3's limit of parts per multipart upload
@@ -33,6 +39,21 @@ SSE_MODES = (None, "AES256", "aws:kms")
 # Answers to a conditional write whose condition no longer holds (412), that raced another
 # conditional write (409), or whose If-Match object was deleted meanwhile (404).
 CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
+# S3's answers that a retry can mend (with botocore's own retries already spent), besides any 5xx.
+TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+                      "InternalError", "ServiceUnavailable"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused connection, a timeout, a 5xx or throttling; boto3's failed upload wraps its cause."""
+    if isinstance(exc, S3UploadFailedError) and exc.__context__ is not None:
+        return is_transient(exc.__context__)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES
+    return False
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,8 @@ class S3Destination(Destination):
         try:
             yield
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            if is_transient(exc):
+                error = DestinationUnavailableError
             raise error(f"S3 {action} {self.location(key)} failed: {exc}") from exc
 
     def upload_file(self, key: str, path: Path, content_type: str) -> int:

@@ -19,7 +19,11 @@ class SourceSchemaError(ExportError):
 
 
 class SourceUnavailableError(ExportError):
-    """The source database could not be reached or the read failed (transient: retried)."""
+    """The source database could not be reached, or it dropped or timed out the read (transient: retried)."""
+
+
+class SourceReadError(ExportError):
+    """The source refused a read for a reason that a retry would meet again."""
 
 
 class ConfigurationError(ExportError):
@@ -36,3 +40,11 @@ class BlockingCheckError(ExportError):
 
 class DestinationError(ExportError):
     """The destination could not be read, listed or cleaned up (links, retention)."""
+
+
+class DestinationUnavailableError(ExportError):
+    """The destination could not be reached, failed on its side (5xx) or throttled us (transient: retried)."""
+
+
+# What a retry can mend. Everything else (bad input, bad data, schema, configuration, a bug) fails at once.
+TRANSIENT_ERRORS = (SourceUnavailableError, DestinationUnavailableError)

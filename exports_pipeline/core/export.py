@@ -11,7 +11,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,9 @@ from exports_pipeline.core.publish import (
     StagedFile,
     campaign_prefix,
     move_latest,
+    read_latest,
+    remove_snapshot,
+    snapshot_folder,
     snapshot_name,
     upload_snapshot,
 )
@@ -39,6 +42,7 @@ from exports_pipeline.core.source import (
     CONTACTS_SCHEMA,
     CampaignInfo,
     SourceReader,
+    fingerprint_fields,
     open_source,
 )
 from exports_pipeline.core.spill import (
@@ -53,6 +57,7 @@ from exports_pipeline.core.stats import CampaignStats, percentage
 from exports_pipeline.core.transform import ANOMALY_KINDS, bucket_anomalies, build_rows, select_contacts
 from exports_pipeline.core.writers import (
     E164,
+    XLSX_MAX_COLUMNS,
     XLSX_MAX_ROWS,
     CsvWriter,
     JsonLinesWriter,
@@ -88,7 +93,7 @@ class StagedExport:
     """A complete export in local staging, not yet published."""
 
     campaign_id: str
-    campaign_name: str
+    campaign: CampaignInfo
     snapshot: str
     snapshot_time: datetime
     started_at: datetime
@@ -107,6 +112,20 @@ class StagedExport:
     @property
     def failed_blocking_checks(self) -> list[CheckOutcome]:
         return [c for c in self.checks if c.blocking and not c.passed]
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Everything a publication writes, computed before it writes anything: what can fail fails here."""
+
+    staged: StagedExport
+    manifest_key: str
+    manifest: dict
+    file_keys: dict[str, str]  # format -> key
+
+    @property
+    def snapshot(self) -> str:
+        return self.staged.snapshot
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,21 @@ def _open_writers(folder: Path, options: ExportOptions, columns: list[str], ques
     return {fmt: factories[fmt](folder / FILE_NAMES[fmt]) for fmt in options.formats if fmt in ROW_FORMATS}
 
 
+def _check_xlsx_limits(campaign_id: str, options: ExportOptions, rows: int, columns: list[str]) -> None:
+    """A sheet's limits fail the export before any read: Excel would drop the rows or columns past them."""
+    if "xlsx" not in options.formats:
+        return
+    if rows > XLSX_MAX_ROWS:
+        raise InvalidInputError(
+            f"option formats: xlsx holds at most {XLSX_MAX_ROWS:,} rows and campaign {campaign_id} selects "
+            f"{rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts")
+    if len(columns) > XLSX_MAX_COLUMNS:
+        raise InvalidInputError(
+            f"option formats: xlsx holds at most {XLSX_MAX_COLUMNS:,} columns and campaign {campaign_id} exports "
+            f"{len(columns):,} (its questions reach position {columns[-1].removeprefix('q').removesuffix('_answer')});"
+            " choose csv, csv.gz, parquet or jsonl, or select fewer columns")
+
+
 def _spill_campaign(source: SourceReader, campaign_id: str, contacts: int, spill: BucketSpill, batch_size: int,
                     reader_processes: bool) -> dict[str, StreamTally]:
     """Phase 1: the three tables streamed at once (PostgreSQL serves them in parallel) into the buckets,
@@ -151,10 +185,6 @@ def _spill_campaign(source: SourceReader, campaign_id: str, contacts: int, spill
         tallies = {table: future.result() for table, future in futures.items()}
     spill.close()
     return tallies
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat() if value is not None else None
 
 
 @contextmanager
@@ -176,10 +206,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         columns = export_columns(question_count, options.columns)
         all_contacts = source.count_contacts(cid, ExportOptions())
         expected_rows = all_contacts if options.is_default_selection else source.count_contacts(cid, options)
-        if "xlsx" in options.formats and expected_rows > XLSX_MAX_ROWS:
-            raise InvalidInputError(
-                f"option formats: xlsx holds at most {XLSX_MAX_ROWS:,} rows and campaign {cid} selects "
-                f"{expected_rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts")
+        _check_xlsx_limits(cid, options, expected_rows, columns)
 
         folder = Path(staging)
         (folder / "buckets").mkdir()
@@ -188,13 +215,9 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         if reader_processes is None:
             reader_processes = all_contacts >= READER_PROCESSES_MIN_CONTACTS
         tallies = _spill_campaign(source, cid, all_contacts, spill, options.batch_size, reader_processes)
-        fingerprint = {
-            "campaign_updated_at": _iso(campaign.updated_at),
-            "contacts_count": tallies["contacts"].rows, "contacts_max_updated_at": _iso(tallies["contacts"].latest),
-            "attempts_count": tallies["attempts"].rows, "attempts_max_time": _iso(tallies["attempts"].latest),
-            "answers_count": tallies["answers"].rows, "answers_max_answered_at": _iso(tallies["answers"].latest),
-            "questions_count": len(questions),
-        }
+        fingerprint = fingerprint_fields((campaign.updated_at, *(
+            value for table in ("contacts", "attempts", "answers") for value in (tallies[table].rows, tallies[table].latest)),
+            len(questions)))
         anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
         anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
                           "answers_other_campaign": tallies["answers"].misfiled})
@@ -214,7 +237,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
                 attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
                 answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
                 stats.add(contacts, attempts)  # the figures always cover the whole campaign
-                anomalies.update(bucket_anomalies(attempts, answers, question_count))
+                anomalies.update(bucket_anomalies(contacts, attempts, answers, question_count))
                 selected = select_contacts(contacts, options)
                 if selected.is_empty():
                     continue
@@ -222,7 +245,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
                 id_hashes.append(batch["contact_id"].hash(seed=0))
                 invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
                 if preview is None:
-                    preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard)
+                    preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard, timestamps_as_text=True)
                 for done in writing:
                     done.result()
                 if progress and rows:
@@ -237,7 +260,9 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         for writer in writers.values():
             writer.close(empty)
         if preview is None:
-            preview = csv_frame(empty, columns, options.formula_guard)
+            preview = csv_frame(empty, columns, options.formula_guard, timestamps_as_text=True)
+        if "xlsx" in writers:
+            anomalies["xlsx_cells_cut"] += writers["xlsx"].cut_cells
 
         snapshot = snapshot_name(source.snapshot_time, run_id)
         figures = {"campaign_id": cid, "snapshot": snapshot, **stats.figures()}
@@ -257,7 +282,7 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
                          {"not_e164": invalid_phones, "share_percent": percentage(invalid_phones, rows)}),
         ]
         yield StagedExport(
-            campaign_id=cid, campaign_name=campaign.name, snapshot=snapshot,
+            campaign_id=cid, campaign=campaign, snapshot=snapshot,
             snapshot_time=source.snapshot_time, started_at=started_at, options=options, columns=columns,
             questions=questions, rows=rows, anomalies=dict(anomalies), fingerprint=fingerprint, files=files,
             checks=checks, preview=preview, run_id=run_id, stats=figures)
@@ -311,18 +336,50 @@ def build_manifest(staged: StagedExport, file_records: list[dict]) -> dict:
     }
 
 
-def publish_export(staged: StagedExport, destination: Destination) -> PublishedExport:
-    """Upload the staged snapshot; move latest.json only for a default export (no filters)."""
+def prepare_publication(staged: StagedExport) -> Publication:
+    """The manifest and keys of the snapshot, once every blocking check passed."""
     failed = staged.failed_blocking_checks
     if failed:
         raise BlockingCheckError(
             f"campaign {staged.campaign_id}: blocking check(s) failed, nothing published: "
             + "; ".join(f"{c.name} {c.metadata}" for c in failed))
-    records = [f.describe() for f in staged.files]
-    manifest = build_manifest(staged, records)
-    manifest_key = upload_snapshot(destination, staged.campaign_id, staged.snapshot, staged.files, records, manifest)
-    moved = staged.options.is_default_selection and move_latest(
-        destination, staged.campaign_id, staged.snapshot, manifest_key)
-    folder = f"{campaign_prefix(staged.campaign_id)}/{staged.snapshot}"
-    return PublishedExport(staged.snapshot, manifest_key, manifest,
-                           {f.format: f"{folder}/{f.name}" for f in staged.files}, moved)
+    manifest = build_manifest(staged, [f.describe() for f in staged.files])
+    folder = snapshot_folder(staged.campaign_id, staged.snapshot)
+    return Publication(staged, f"{folder}/manifest.json", manifest,
+                       {f.format: f"{folder}/{f.name}" for f in staged.files})
+
+
+def publish(publication: Publication, destination: Destination) -> bool:
+    """Upload the snapshot, then move latest.json for a default export (no filters); True if it moved.
+    All or nothing: when any step fails, what was uploaded is removed again, unless latest.json
+    already names the snapshot (the answer to a write that landed was lost)."""
+    staged = publication.staged
+    try:
+        upload_snapshot(destination, staged.campaign_id, staged.snapshot, staged.files,
+                        publication.manifest["files"], publication.manifest)
+        return staged.options.is_default_selection and move_latest(
+            destination, staged.campaign_id, staged.snapshot, publication.manifest_key)
+    except BaseException:
+        with suppress(Exception):
+            if (read_latest(destination, staged.campaign_id) or {}).get("snapshot") == staged.snapshot:
+                return True
+            remove_snapshot(destination, staged.campaign_id, staged.snapshot)
+        raise
+
+
+def remove_earlier_attempts(destination: Destination, campaign_id: str, run_id: str) -> None:
+    """Before a retry publishes, remove what an earlier attempt of the same run left of this campaign (its own
+    clean-up failed too), so that a run never publishes two snapshots; never the one latest.json names."""
+    named = (read_latest(destination, campaign_id) or {}).get("snapshot")
+    earlier = {o.key.split("/")[1] for o in destination.list(campaign_prefix(campaign_id) + "/")
+               if o.key.count("/") >= 2 and o.key.split("/")[1].endswith("-" + run_id[:8])}
+    for snapshot in earlier - {named}:
+        remove_snapshot(destination, campaign_id, snapshot)
+
+
+def publish_export(staged: StagedExport, destination: Destination) -> PublishedExport:
+    """prepare_publication and publish in one call, for callers that report nothing in between."""
+    publication = prepare_publication(staged)
+    moved = publish(publication, destination)
+    return PublishedExport(publication.snapshot, publication.manifest_key, publication.manifest,
+                           publication.file_keys, moved)

@@ -74,7 +74,7 @@ def read_manifest(destination: Destination, campaign_id: str) -> dict | None:
 def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, files: list[StagedFile],
                     file_records: list[dict], manifest: dict) -> str:
     """Files first (sizes checked against what was written), then the manifest. Returns its key."""
-    folder = f"{campaign_prefix(campaign_id)}/{snapshot}"
+    folder = snapshot_folder(campaign_id, snapshot)
     for staged, record in zip(files, file_records):
         stored = destination.upload_file(f"{folder}/{staged.name}", staged.path, CONTENT_TYPES[staged.format])
         if stored != record["bytes"]:
@@ -82,6 +82,16 @@ def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, f
     manifest_key = f"{folder}/manifest.json"
     destination.put_bytes(manifest_key, json.dumps(manifest, indent=2, ensure_ascii=False).encode(), "application/json")
     return manifest_key
+
+
+def snapshot_folder(campaign_id: str, snapshot: str) -> str:
+    return f"{campaign_prefix(campaign_id)}/{snapshot}"
+
+
+def remove_snapshot(destination: Destination, campaign_id: str, snapshot: str) -> None:
+    """Delete what a snapshot folder holds, its manifest first, so that nothing of it is reachable."""
+    keys = [o.key for o in destination.list(snapshot_folder(campaign_id, snapshot) + "/")]
+    destination.delete(sorted(keys, key=lambda key: not key.endswith("/manifest.json")))
 
 
 def move_latest(destination: Destination, campaign_id: str, snapshot: str, manifest_key: str) -> bool:

@@ -7,6 +7,7 @@ Every reader returns frames of one normalized shape (see the *_SCHEMA dicts), wh
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -18,17 +19,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import connectorx as cx
 import polars as pl
 import psycopg
+from psycopg.types.datetime import TimestamptzBinaryLoader
 
 from exports_pipeline.core.errors import (
     ConfigurationError,
+    SourceReadError,
     SourceSchemaError,
     SourceUnavailableError,
 )
+from exports_pipeline.core.instants import INFINITY_US, NEG_INFINITY_US, UTC_US, fingerprint_instant, holds_any
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
 APPLICATION_NAME = "exports-pipeline"
-UTC_US = pl.Datetime("us", "UTC")
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "campaigns": ("id", "name", "assistant_name", "owner_id", "owner_email", "status", "created_at",
@@ -66,15 +69,47 @@ class CampaignInfo:
     assistant_name: str | None
     status: str
     owner_email: str | None
-    completed_at: datetime | None
-    updated_at: datetime
+    updated_at: datetime | int  # int: microseconds since 1970 where Python's datetime does not hold it
 
 
-def _as_utc(value) -> datetime | None:
-    """psycopg gives aware datetimes for timestamptz; SQLite gives ISO text."""
-    if value is None or isinstance(value, datetime):
-        return value.astimezone(timezone.utc) if value is not None else None
-    return parse_iso_timestamp(str(value), "campaigns", "value", "?")
+FINGERPRINT_FIELDS = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
+                      "attempts_max_time", "answers_count", "answers_max_answered_at", "questions_count")
+_FINGERPRINT_INSTANTS = {"campaign_updated_at", "contacts_max_updated_at", "attempts_max_time",
+                         "answers_max_answered_at"}
+
+
+def fingerprint_fields(values) -> dict:
+    """SPEC section 5's fingerprint from its values in FINGERPRINT_FIELDS order; instants as
+    datetimes or microseconds since 1970, written as instants.fingerprint_instant says."""
+    return {name: fingerprint_instant(value) if name in _FINGERPRINT_INSTANTS else value
+            for name, value in zip(FINGERPRINT_FIELDS, values, strict=True)}
+
+
+class EdgeInstantLoader(TimestamptzBinaryLoader):
+    """timestamptz as a UTC datetime, or as microseconds since 1970 where Python's datetime does not
+    hold it (infinity and -infinity as instants.INFINITY_US and NEG_INFINITY_US). For the few
+    instants read through psycopg (fingerprints, the campaign row) in binary queries."""
+
+    _PG_EPOCH_US = 946_684_800_000_000  # PostgreSQL counts microseconds from 2000-01-01
+    _PG_INFINITY = 2**63 - 1
+
+    def load(self, data) -> datetime | int:
+        micros = int.from_bytes(data, "big", signed=True)
+        if abs(micros) >= self._PG_INFINITY:
+            return INFINITY_US if micros > 0 else NEG_INFINITY_US
+        try:
+            return super().load(data).astimezone(timezone.utc)
+        except psycopg.DataError:
+            return micros + self._PG_EPOCH_US
+
+
+def connect_reading(url: str, statement_timeout_ms: int) -> psycopg.Connection:
+    """A read-only autocommit session, named, with a statement timeout and EdgeInstantLoader."""
+    conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
+                           options=f"-c statement_timeout={int(statement_timeout_ms)} "
+                                   "-c default_transaction_read_only=on")
+    conn.adapters.register_loader("timestamptz", EdgeInstantLoader)
+    return conn
 
 
 def parse_iso_timestamp(text: str, table: str, column: str, row_id: str) -> datetime:
@@ -160,11 +195,23 @@ def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
 
 # --------------------------------------------------------------------------------------------- PostgreSQL
 
+# The server's and the drivers' words for a read that a retry can mend: the connection was lost or refused,
+# the server is restarting or full, the statement timed out, or a transaction lost a conflict.
+TRANSIENT_SOURCE_FAILURES = re.compile(
+    "terminating connection|server closed the connection|connection closed|connection (refused|reset)|"
+    "could not connect|connection to server .* failed|broken pipe|unexpected eof|timed? ?out|"
+    "canceling statement due to (statement|lock) timeout|the database system is (starting up|shutting down|"
+    "in recovery mode)|too many (connections|clients)|could not serialize access|deadlock detected|"
+    "out of shared memory|cannot connect now", re.IGNORECASE)
+
+
 def _translate(message: str, url: str) -> Exception:
     text = redact_text(message.strip(), url)
     if "does not exist" in text:
         return SourceSchemaError(f"source schema: {text}")
-    return SourceUnavailableError(f"source read failed: {text}")
+    if TRANSIENT_SOURCE_FAILURES.search(text):
+        return SourceUnavailableError(f"source read failed: {text}")
+    return SourceReadError(f"source read failed: {text}")
 
 
 @dataclass(frozen=True)
@@ -178,6 +225,7 @@ class SnapshotQuery:
     pre_execution: tuple[str, ...]
     sql: str
     schema: dict
+    unreadable_instants_sql: str  # finds a finite instant that the read cannot hold (see instants.py)
     rejects_nan_costs: bool = False
 
     def frames(self, batch_size: int) -> Iterator[pl.DataFrame]:
@@ -187,14 +235,62 @@ class SnapshotQuery:
     def _frames(self, batch_size: int) -> Iterator[pl.DataFrame]:
         """Select uuids as uuids: they travel as 16 bytes and connectorx writes the canonical lowercase
         text, which saves the server formatting them."""
+        checked = False
         try:
             reader = cx.read_sql(self.cx_url, self.sql, return_type="arrow_stream", batch_size=batch_size,
                                  pre_execution_query=list(self.pre_execution))
             for batch in reader:
                 if batch.num_rows:
-                    yield pl.from_arrow(batch).cast(self.schema)
+                    frame = pl.from_arrow(batch).cast(self.schema)
+                    if not checked and holds_any(frame, _instant_columns(frame), [INFINITY_US]):
+                        # infinity reads as the last instant connectorx holds: that instant itself must not be there
+                        self._fail_on_unreadable_instants()
+                        checked = True
+                    yield frame
+        except SourceSchemaError:
+            raise
         except Exception as exc:  # connectorx raises RuntimeError for database errors
             raise _translate(str(exc), self.source_url) from None
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException":  # pyo3's, not an Exception: connectorx could not decode
+                raise
+            self._fail_on_unreadable_instants()
+            raise SourceSchemaError(f"source read failed: {redact_text(str(exc), self.source_url)}") from None
+
+    def _fail_on_unreadable_instants(self) -> None:
+        try:
+            found = cx.read_sql(self.cx_url, self.unreadable_instants_sql, return_type="polars",
+                                pre_execution_query=list(self.pre_execution))
+        except Exception as exc:
+            raise _translate(str(exc), self.source_url) from None
+        if found.height:
+            column, row_id, value = found.row(0)
+            raise SourceSchemaError(
+                f"timestamp {value} in {column} (row id {row_id}) is after {LAST_READABLE_INSTANT} UTC, the latest "
+                "instant the export can read (docs/contract.md, timestamps at the edges)")
+
+
+def _instant_columns(frame: pl.DataFrame) -> list[str]:
+    return [c for c, dtype in frame.schema.items() if dtype == UTC_US]
+
+
+LAST_READABLE_INSTANT = "262142-12-31 23:59:59.999998"  # INFINITY_US, one microsecond later, means infinity
+# Per source table: its row id (as text) and its instants.
+_INSTANT_COLUMNS = {
+    "contacts": ("id::text", ("last_attempt_at", "completed_at", "created_at", "updated_at")),
+    "call_attempts": ("id::text", ("started_at", "ended_at")),
+    "survey_responses": ("contact_id::text || ' question ' || question_position", ("answered_at",)),
+}
+
+
+def unreadable_instants_sql(campaign_id: str) -> str:
+    """A query for one of the campaign's finite instants after LAST_READABLE_INSTANT: table.column,
+    row id and value (none when every instant can be read)."""
+    return " UNION ALL ".join(
+        f"(SELECT '{table}.{column}' AS column_name, {row_id} AS row_id, {column}::text AS value FROM {table} "
+        f"WHERE campaign_id = '{campaign_id}' AND {column} > '{LAST_READABLE_INSTANT}+00' "
+        f"AND {column} <> 'infinity' LIMIT 1)"
+        for table, (row_id, columns) in _INSTANT_COLUMNS.items() for column in columns)
 
 
 # The attempts and answers reads join to the campaign's contacts through an in-memory hash of them:
@@ -211,22 +307,13 @@ def join_hash_mem_multiplier(contacts: int) -> float:
     return round(max(2.0, contacts * JOIN_HASH_BYTES_PER_CONTACT / READ_WORK_MEM_BYTES), 1)
 
 
-def pg_fingerprint_fields(fingerprint_row) -> dict:
-    names = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
-             "attempts_max_time", "answers_count", "answers_max_answered_at", "questions_count")
-    return {k: (v.astimezone(timezone.utc).isoformat() if isinstance(v, datetime) else v)
-            for k, v in zip(names, fingerprint_row)}
-
-
 class PostgresSource(SourceReader):
     def __init__(self, url: str, statement_timeout_ms: int):
         self._url = url
         self._cx_url = self._with_application_name(url)
         self._timeout = int(statement_timeout_ms)
         try:
-            self._session = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
-                                            options=f"-c statement_timeout={self._timeout} "
-                                                    "-c default_transaction_read_only=on")
+            self._session = connect_reading(url, self._timeout)
         except psycopg.Error as exc:
             message = f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}"
             # A wrong password or database name will not fix itself: no retry for those.
@@ -263,9 +350,10 @@ class PostgresSource(SourceReader):
     def close(self) -> None:
         self._session.close()
 
-    def _rows(self, sql: str) -> list[tuple]:
+    def _rows(self, sql: str, binary: bool = False) -> list[tuple]:
+        """binary: instants come through EdgeInstantLoader (datetime, or microseconds at the edges)."""
         try:
-            return self._session.execute(sql).fetchall()
+            return self._session.execute(sql, binary=binary).fetchall()
         except psycopg.Error as exc:
             raise self._translate(str(exc)) from None
 
@@ -286,15 +374,16 @@ class PostgresSource(SourceReader):
             # One entry per table is enough when the whole table is missing.
             raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
 
-    def _query(self, sql: str, schema: dict, rejects_nan_costs: bool = False, contacts: int = 0) -> SnapshotQuery:
+    def _query(self, campaign_id: str, sql: str, schema: dict, rejects_nan_costs: bool = False,
+               contacts: int = 0) -> SnapshotQuery:
         hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts)}"
         return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), sql, schema,
-                             rejects_nan_costs)
+                             unreadable_instants_sql(campaign_id), rejects_nan_costs)
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
-        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, completed_at, updated_at "
-                          f"FROM campaigns WHERE id = '{campaign_id}'")
-        return CampaignInfo(*rows[0][:5], _as_utc(rows[0][5]), _as_utc(rows[0][6])) if rows else None
+        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, updated_at "
+                          f"FROM campaigns WHERE id = '{campaign_id}'", binary=True)
+        return CampaignInfo(*rows[0]) if rows else None
 
     def campaign_ids(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT id::text FROM campaigns ORDER BY created_at, id")]
@@ -319,8 +408,14 @@ class PostgresSource(SourceReader):
 
     def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
         sample = "" if fraction >= 1 else f" AND random() < {fraction:.9f}"
-        rows = self._rows(f"SELECT created_at, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
-        return pl.DataFrame(rows, schema={"created_at": UTC_US, "id": pl.String}, orient="row")
+        # Bucket boundaries only bound bucket sizes, so an approximate instant will do: infinities and
+        # instants past what the reads can hold (they fail there, by name) are clamped.
+        micros = (f"CASE WHEN created_at > '{LAST_READABLE_INSTANT}+00' THEN {INFINITY_US} "
+                  f"WHEN created_at = '-infinity' THEN {NEG_INFINITY_US} "
+                  "ELSE (extract(epoch FROM created_at) * 1000000)::int8 END")
+        rows = self._rows(f"SELECT {micros}, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
+        return pl.DataFrame(rows, schema={"created_at": pl.Int64, "id": pl.String}, orient="row",
+                            ).with_columns(pl.col("created_at").cast(UTC_US))
 
     def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, SnapshotQuery]:
         return {"contacts": self._contacts_query(campaign_id), "attempts": self._attempts_query(campaign_id, contacts),
@@ -337,13 +432,13 @@ class PostgresSource(SourceReader):
 
     def _contacts_query(self, campaign_id: str) -> SnapshotQuery:
         return self._query(
-            "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+            campaign_id, "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
             "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
             f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA)
 
     def _attempts_query(self, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
         return self._query(
-            "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
+            campaign_id, "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
             "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
             "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
             "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
@@ -361,7 +456,7 @@ class PostgresSource(SourceReader):
 
     def _answers_query(self, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
         return self._query(
-            "SELECT c.created_at AS contact_created_at, r.contact_id, "
+            campaign_id, "SELECT c.created_at AS contact_created_at, r.contact_id, "
             "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
             "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
             f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA, contacts=contacts)
@@ -374,8 +469,8 @@ class PostgresSource(SourceReader):
             "(SELECT count(*) n, max(coalesce(ended_at, started_at)) m FROM call_attempts "
             " WHERE campaign_id = '{0}') a, "
             "(SELECT count(*) n, max(answered_at) m FROM survey_responses WHERE campaign_id = '{0}') r"
-            .format(campaign_id))
-        return pg_fingerprint_fields(row)
+            .format(campaign_id), binary=True)
+        return fingerprint_fields(row)
 
 
 def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:
@@ -397,15 +492,19 @@ def _canonical_uuid_expr(column: str) -> pl.Expr:
 
 
 def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: str) -> pl.DataFrame:
-    """Parse ISO 8601 text into UTC instants; a value without an offset is UTC."""
+    """Parse ISO 8601 text into UTC instants; a value without an offset is UTC. Years outside 0000..9999
+    take ISO 8601's expanded form (a sign, then the digits); infinity and -infinity as PostgreSQL writes them."""
     exprs = []
     for column in columns:
         text = pl.col(column).str.strip_chars().str.replace("Z$", "+00:00").str.replace(" ", "T")
         with_offset = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", strict=False)
         naive = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
         date_only = text.str.to_datetime("%Y-%m-%d", time_unit="us", strict=False)
+        word = text.str.to_lowercase()
+        infinity = (pl.when(word.is_in(["infinity", "+infinity"])).then(pl.lit(INFINITY_US))
+                    .when(word == "-infinity").then(pl.lit(NEG_INFINITY_US)).cast(UTC_US))
         exprs.append(pl.coalesce(with_offset.dt.convert_time_zone("UTC"), naive.dt.replace_time_zone("UTC"),
-                                 date_only.dt.replace_time_zone("UTC")).alias(column))
+                                 date_only.dt.replace_time_zone("UTC"), infinity).alias(column))
     parsed = frame.with_columns(exprs)
     for column in columns:
         bad = frame.filter(parsed[column].is_null() & frame[column].is_not_null())
@@ -413,6 +512,12 @@ def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: 
             raise SourceSchemaError(f"unparseable timestamp {bad[column][0]!r} in {table}.{column} "
                                     f"(row id {bad[id_column][0]})")
     return parsed
+
+
+def _instant_micros(text: str, table: str, column: str, row_id: str) -> int:
+    """One SQLite timestamp as microseconds since 1970 (_timestamps' rules and errors)."""
+    frame = pl.DataFrame({"at": [text], "id": [row_id]}, schema={"at": pl.String, "id": pl.String})
+    return _timestamps(frame, table, ["at"], "id").select(pl.col("at").dt.epoch("us")).item()
 
 
 def _money_units(text: str | None, row_id: str) -> int | None:
@@ -477,19 +582,21 @@ class SqliteSource(SourceReader):
         return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
-        rows = self._rows("SELECT id, name, assistant_name, status, owner_email, completed_at, updated_at "
-                          f"FROM campaigns WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
+        rows = self._rows("SELECT name, assistant_name, status, owner_email, CAST(updated_at AS TEXT) "
+                          f"FROM campaigns WHERE {self._where_id(campaign_id)}")
         if not rows:
             return None
-        _, name, assistant, status, email, completed, updated = rows[0]
-        completed_at = parse_iso_timestamp(completed, "campaigns", "completed_at", campaign_id) if completed else None
-        updated_at = parse_iso_timestamp(updated, "campaigns", "updated_at", campaign_id)
-        return CampaignInfo(campaign_id, name, assistant, status, email, completed_at, updated_at)
+        *described, updated = rows[0]
+        return CampaignInfo(campaign_id, *described, _instant_micros(updated, "campaigns", "updated_at", campaign_id))
 
     def campaign_ids(self) -> list[str]:
         rows = self._rows("SELECT id FROM campaigns")
         return pl.DataFrame({"id": [r[0] for r in rows]}, schema={"id": pl.String}).select(
             _canonical_uuid_expr("id"))["id"].to_list()
+
+    @staticmethod
+    def _where_id(campaign_id: str) -> str:
+        return f"lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'"
 
     def _where_campaign(self, alias: str, campaign_id: str) -> str:
         return f"lower(replace({alias}.campaign_id, '-', '')) = '{campaign_id.replace('-', '')}'"
@@ -567,25 +674,16 @@ class SqliteSource(SourceReader):
         yield frame.cast(ANSWERS_SCHEMA)
 
     def fingerprint(self, campaign_id: str) -> dict:
-        def latest(table: str, column: str, alias: str, id_column: str = "id") -> tuple[int, str | None]:
-            rows = self._rows(f"SELECT CAST({column} AS TEXT), {id_column} FROM {table} {alias} "
+        def latest(table: str, column: str, alias: str, id_column: str = "id") -> tuple[int, int | None]:
+            rows = self._rows(f"SELECT CAST({column} AS TEXT), CAST({id_column} AS TEXT) FROM {table} {alias} "
                               f"WHERE {self._where_campaign(alias, campaign_id)}")
-            instants = [parse_iso_timestamp(v, table, column, str(i)) for v, i in rows if v is not None]
-            return len(rows), (max(instants).isoformat() if instants else None)
+            frame = _timestamps(pl.DataFrame(rows, schema={column: pl.String, "id": pl.String}, orient="row"),
+                                table, [column], "id")
+            return len(rows), frame.select(pl.col(column).dt.epoch("us").max()).item()
 
-        campaign_updated = self._rows("SELECT updated_at FROM campaigns "
-                                      f"WHERE lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'")
-        contacts = latest("contacts", "updated_at", "c")
-        attempts = latest("call_attempts", "coalesce(ended_at, started_at)", "a")
-        answers = latest("survey_responses", "answered_at", "r", "contact_id")
-        questions = len(self.questions(campaign_id))
-        updated = campaign_updated[0][0] if campaign_updated else None
-        return {
-            "campaign_updated_at": parse_iso_timestamp(updated, "campaigns", "updated_at", campaign_id).isoformat()
-            if updated else None,
-            "contacts_count": contacts[0], "contacts_max_updated_at": contacts[1],
-            "attempts_count": attempts[0], "attempts_max_time": attempts[1],
-            "answers_count": answers[0], "answers_max_answered_at": answers[1],
-            "questions_count": questions,
-        }
+        updated = self._rows(f"SELECT CAST(updated_at AS TEXT) FROM campaigns WHERE {self._where_id(campaign_id)}")
+        return fingerprint_fields((
+            _instant_micros(updated[0][0], "campaigns", "updated_at", campaign_id) if updated else None,
+            *latest("contacts", "updated_at", "c"), *latest("call_attempts", "coalesce(ended_at, started_at)", "a"),
+            *latest("survey_responses", "answered_at", "r", "contact_id"), len(self.questions(campaign_id))))
 

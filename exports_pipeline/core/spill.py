@@ -17,7 +17,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -27,13 +26,14 @@ import pyarrow.ipc as ipc
 from exports_pipeline.core.errors import ExportError
 from exports_pipeline.core.sourceurl import redact_text
 
-_KEY_OFFSET = 1 << 62  # makes epoch microseconds (pre-1970 too) non-negative so that text order is time order
+_SIGN_BIT = 1 << 63  # flipped on the bits of epoch microseconds, it makes unsigned (and text) order time order
 SAMPLES_PER_BUCKET = 20
 
 
 def order_key(created_at: str, contact_id: str) -> pl.Expr:
     """(created_at, id) as one string that sorts in export order."""
-    micros = (pl.col(created_at).dt.epoch("us") + _KEY_OFFSET).cast(pl.String).str.zfill(19)
+    unsigned = pl.col(created_at).dt.epoch("us").reinterpret(signed=False) ^ pl.lit(_SIGN_BIT, dtype=pl.UInt64)
+    micros = unsigned.cast(pl.String).str.zfill(20)
     return (micros + pl.col(contact_id)).alias("order_key")
 
 
@@ -168,7 +168,7 @@ class StreamTally:
     """What one table's stream says on the way: its part of the fingerprint, and rows set aside."""
 
     rows: int = 0
-    latest: datetime | None = None
+    latest: int | None = None  # microseconds since 1970 (instants.py: Python's datetime does not hold them all)
     misfiled: int = 0
 
 
@@ -178,7 +178,7 @@ def spill_table(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str) 
     tally = StreamTally()
     for frame in frames:
         tally.rows += frame.height
-        latest = frame.select(instant.max()).item()
+        latest = frame.select(instant.max().dt.epoch("us")).item()
         if latest is not None and (tally.latest is None or latest > tally.latest):
             tally.latest = latest
         own = frame.filter(pl.col(created_at).is_not_null())

@@ -13,6 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import polars as pl
 
 from exports_pipeline.core.options import CONTACT_STATES
+from exports_pipeline.core.transform import call_duration_ms
 
 ATTEMPT_STATUSES = ("queued", "ringing", "in_progress", "completed", "no_answer", "busy", "failed", "refused")
 HOURS, DAYS = 24, 30
@@ -51,8 +52,7 @@ class CampaignStats:
     def add(self, contacts: pl.DataFrame, attempts: pl.DataFrame) -> None:
         self.states.update(dict(contacts.group_by("state").len().iter_rows()))
         self.statuses.update(dict(attempts.group_by("status").len().iter_rows()))
-        durations = attempts.select(
-            (pl.col("ended_at").dt.epoch("ms") - pl.col("started_at").dt.epoch("ms")).alias("ms")).drop_nulls()
+        durations = attempts.select(call_duration_ms().alias("ms")).drop_nulls()
         if durations.height:
             row = durations.select(pl.len(), pl.col("ms").sum().alias("total"), pl.col("ms").min().alias("min"),
                                    pl.col("ms").max().alias("max")).row(0)

@@ -25,6 +25,13 @@ def _attempts_per_day_chart(per_day: list[dict]) -> Drawing:
     return drawing
 
 
+PDF_NAME_CHARS = 200  # a longer name would push the figures off the one page (reportlab fails on it)
+
+
+def _shown_name(name: str) -> str:
+    return name if len(name) <= PDF_NAME_CHARS else name[:PDF_NAME_CHARS] + " […]"
+
+
 def write_summary_pdf(path: Path, campaign_id: str, campaign_name: str, snapshot: str, rows: int,
                       stats: dict) -> None:
     styles = getSampleStyleSheet()
@@ -45,7 +52,7 @@ def write_summary_pdf(path: Path, campaign_id: str, campaign_name: str, snapshot
                                ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#f1f5f9"))]))
     story = [
         Paragraph("Campaign summary", styles["Title"]),
-        Paragraph(escape(campaign_name), styles["Heading2"]),
+        Paragraph(escape(_shown_name(campaign_name)), styles["Heading2"]),
         Paragraph(f"Campaign {campaign_id}<br/>Snapshot {snapshot} (UTC)", styles["Normal"]),
         Spacer(1, 12), table, Spacer(1, 18),
         Paragraph("Call attempts per day (last 30 days, UTC)", styles["Heading3"]),

@@ -10,13 +10,18 @@ from collections import Counter
 
 import polars as pl
 
+from exports_pipeline.core.instants import is_infinite
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.source import CampaignInfo
 
 ANOMALY_KINDS = (
     "attempts_other_campaign", "answers_other_campaign", "answers_out_of_range",
     "transcript_not_object", "transcript_text_not_string", "transcript_invalid_json",
+    "rows_with_infinite_timestamps", "xlsx_cells_cut",
 )
+# The instants of each table's rows (contacts, attempts, answers), where infinity is a row anomaly.
+_INSTANTS = {"contacts": ("last_attempt_at", "completed_at", "created_at", "updated_at"),
+             "attempts": ("started_at", "ended_at"), "answers": ("answered_at",)}
 _TRANSCRIPT_ANOMALIES = {"not_object": "transcript_not_object", "text_not_string": "transcript_text_not_string",
                          "invalid_json": "transcript_invalid_json"}
 
@@ -37,14 +42,29 @@ def latest_attempts(attempts: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([highest.filter(~tied), ties])
 
 
-def bucket_anomalies(attempts: pl.DataFrame, answers: pl.DataFrame, question_count: int) -> Counter:
-    """Row anomalies among the campaign's own attempts and answers of one bucket."""
+def _rows_with_infinity(frame: pl.DataFrame, columns: tuple[str, ...]) -> int:
+    return frame.select(pl.any_horizontal(is_infinite(c) for c in columns).sum()).item() if frame.height else 0
+
+
+def bucket_anomalies(contacts: pl.DataFrame, attempts: pl.DataFrame, answers: pl.DataFrame,
+                     question_count: int) -> Counter:
+    """Row anomalies among the campaign's own contacts, attempts and answers of one bucket."""
     anomalies: Counter = Counter()
+    anomalies["rows_with_infinite_timestamps"] += sum(
+        _rows_with_infinity(frame, _INSTANTS[table])
+        for table, frame in (("contacts", contacts), ("attempts", attempts), ("answers", answers)))
     for kind, count in attempts.group_by("transcript_kind").len().iter_rows():
         if kind in _TRANSCRIPT_ANOMALIES:
             anomalies[_TRANSCRIPT_ANOMALIES[kind]] += count
     anomalies["answers_out_of_range"] += answers.filter(~pl.col("position").is_between(1, question_count)).height
     return anomalies
+
+
+def call_duration_ms() -> pl.Expr:
+    """ended_at - started_at, each floored to the millisecond; empty when either is missing or infinite."""
+    finite = ~is_infinite("started_at") & ~is_infinite("ended_at")
+    return (pl.when(finite).then(pl.col("ended_at").dt.epoch("ms") - pl.col("started_at").dt.epoch("ms"))
+            .alias("call_duration_ms"))
 
 
 def select_contacts(contacts: pl.DataFrame, options: ExportOptions) -> pl.DataFrame:
@@ -68,7 +88,7 @@ def build_rows(campaign: CampaignInfo, contacts: pl.DataFrame, attempts: pl.Data
         pl.col("status").alias("call_status"),
         pl.col("started_at").alias("call_started_at"),
         pl.col("ended_at").alias("call_ended_at"),
-        (pl.col("ended_at").dt.epoch("ms") - pl.col("started_at").dt.epoch("ms")).alias("call_duration_ms"),
+        call_duration_ms(),
         "ended_reason",
         pl.col("cost_units").alias("call_cost_units"),
         "recording_url",

@@ -13,6 +13,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from exports_pipeline.core.instants import (
+    INFINITY_US,
+    NEG_INFINITY_US,
+    has_edges,
+    holds_any,
+    parquet_timestamp,
+    timestamp_text,
+)
 from exports_pipeline.core.options import BASE_COLUMNS
 
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at", "call_started_at", "call_ended_at")
@@ -26,6 +34,7 @@ REPEATED_VALUE_COLUMNS = ("campaign_id", "campaign_name", "assistant_name", "out
 E164 = r"^\+[1-9][0-9]{1,14}$"
 FORMULA_START = r"^[=+\-@\t\r\n]"
 CSV_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+CSV_FRACTION_DIGITS, JSON_FRACTION_DIGITS = 3, 6
 
 
 def _is_text(column: str) -> bool:
@@ -49,11 +58,18 @@ def guard_formula(column: str) -> pl.Expr:
     return pl.when(risky).then(pl.lit("'") + value).otherwise(value).alias(column)
 
 
-def csv_frame(rows: pl.DataFrame, columns: list[str], formula_guard: bool) -> pl.DataFrame:
-    """The batch as the CSV shows it; timestamps stay datetimes for the writer's millisecond format."""
+def timestamps_in(columns: list[str]) -> list[str]:
+    return [c for c in columns if c in TIMESTAMP_COLUMNS]
+
+
+def csv_frame(rows: pl.DataFrame, columns: list[str], formula_guard: bool, timestamps_as_text: bool) -> pl.DataFrame:
+    """The batch as the CSV shows it. Timestamps: as text (instants.timestamp_text), or left datetimes for
+    the CSV writer's millisecond format, which gives the same text for years 0001..9999."""
     exprs = []
     for column in columns:
-        if column in MONEY_COLUMNS:
+        if column in TIMESTAMP_COLUMNS and timestamps_as_text:
+            exprs.append(timestamp_text(column, CSV_FRACTION_DIGITS))
+        elif column in MONEY_COLUMNS:
             exprs.append(_fixed_point(pl.col(MONEY_COLUMNS[column][0]), 4).alias(column))
         elif column == "call_duration_seconds":
             exprs.append(_fixed_point(pl.col("call_duration_ms"), 3).alias(column))
@@ -76,7 +92,8 @@ class CsvWriter:
         self._header_written = False
 
     def write(self, rows: pl.DataFrame) -> None:
-        csv_frame(rows, self.columns, self.formula_guard).write_csv(
+        edges = has_edges(rows, timestamps_in(self.columns))
+        csv_frame(rows, self.columns, self.formula_guard, timestamps_as_text=edges).write_csv(
             self._file, include_header=not self._header_written, include_bom=self.bom and not self._header_written,
             quote_style="necessary", datetime_format=CSV_DATETIME_FORMAT, line_terminator="\n", null_value="")
         self._header_written = True
@@ -106,9 +123,12 @@ def parquet_schema(columns: list[str]) -> pa.Schema:
 
 
 def parquet_table(rows: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    infinities = holds_any(rows, timestamps_in(schema.names), [INFINITY_US, NEG_INFINITY_US])
     exprs = []
     for column in schema.names:
-        if column in MONEY_COLUMNS:
+        if column in TIMESTAMP_COLUMNS and infinities:
+            exprs.append(parquet_timestamp(column))
+        elif column in MONEY_COLUMNS:
             exprs.append((pl.col(MONEY_COLUMNS[column][0]).cast(pl.Decimal(38, 4)) / 10_000).alias(column))
         elif column == "call_duration_seconds":
             exprs.append((pl.col("call_duration_ms") / 1000).alias(column))
@@ -146,6 +166,7 @@ class JsonLinesWriter:
         self._file = open(path, "wb")
 
     def write(self, rows: pl.DataFrame) -> None:
+        edges = has_edges(rows, timestamps_in(self.columns))
         exprs = []
         for column in self.columns:
             if column in MONEY_COLUMNS:
@@ -153,7 +174,7 @@ class JsonLinesWriter:
             elif column == "call_duration_seconds":
                 exprs.append((pl.col("call_duration_ms") / 1000).alias(column))
             elif column in TIMESTAMP_COLUMNS:
-                exprs.append(pl.col(column).dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ"))
+                exprs.append(timestamp_text(column, JSON_FRACTION_DIGITS, edges))
             else:
                 exprs.append(pl.col(column))
         if rows.height:
@@ -165,18 +186,55 @@ class JsonLinesWriter:
 
 
 XLSX_MAX_ROWS = 1_048_575  # one sheet holds 1,048,576 rows, the header included
-EXCEL_EPOCH = datetime(1900, 3, 1, tzinfo=timezone.utc)  # Excel's dates before March 1900 are unreliable
+XLSX_MAX_COLUMNS = 16_384
+XLSX_MAX_CELL_CHARS = 32_767  # Excel counts UTF-16 code units
+XLSX_CUT_MARKER = " [… cut: Excel holds 32,767 characters per cell; the CSV has the whole text]"
+EXCEL_FIRST_DATE = datetime(1900, 3, 1, tzinfo=timezone.utc)  # Excel's dates before March 1900 are unreliable
+EXCEL_LAST_DATE = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=timezone.utc)
+
+
+def fit_excel_cell(text: str) -> str | None:
+    """The text cut to Excel's cell limit with XLSX_CUT_MARKER at the end, or None when it fits."""
+    if len(text) <= XLSX_MAX_CELL_CHARS // 2:  # fits even if every character takes two UTF-16 units
+        return None
+    encoded = text.encode("utf-16-le")
+    if len(encoded) <= 2 * XLSX_MAX_CELL_CHARS:
+        return None
+    keep = 2 * (XLSX_MAX_CELL_CHARS - len(XLSX_CUT_MARKER))
+    return encoded[:keep].decode("utf-16-le", errors="ignore") + XLSX_CUT_MARKER  # never half a character
+
+
+def _excel_source(column: str) -> pl.Expr:
+    """What a cell is written from: integer units for money and durations, the row's value otherwise;
+    timestamps floored to the millisecond like the CSV, and only where Excel has a date for them."""
+    if column in MONEY_COLUMNS:
+        return pl.col(MONEY_COLUMNS[column][0])
+    if column == "call_duration_seconds":
+        return pl.col("call_duration_ms")
+    if column in TIMESTAMP_COLUMNS:
+        value = pl.col(column)
+        return pl.when(value.is_between(EXCEL_FIRST_DATE, EXCEL_LAST_DATE)).then(value.dt.truncate("1ms")).alias(column)
+    return pl.col(column)
+
+
+def _excel_text(column: str) -> pl.Expr:
+    """A timestamp Excel has no date for, as the CSV writes it (text cell)."""
+    value = pl.col(column)
+    return (pl.when(~value.is_between(EXCEL_FIRST_DATE, EXCEL_LAST_DATE))
+            .then(timestamp_text(column, CSV_FRACTION_DIGITS)).alias(f"{column} as text"))
 
 
 class XlsxWriter:
     """A workbook for spreadsheet users: text cells stay text (never formulas, numbers or links),
-    timestamps are real dates in UTC, phone numbers keep their plus; a second sheet lists the questions.
-    Rows are streamed (constant_memory)."""
+    timestamps are real dates in UTC where Excel has them (text otherwise), phone numbers keep their
+    plus; text past Excel's cell limit is cut with a marker and counted; a second sheet lists the
+    questions. Rows are streamed (constant_memory)."""
 
     def __init__(self, path: Path, columns: list[str], questions: list[tuple[int, str]]):
         import xlsxwriter
 
         self.path, self.columns, self.questions, self.rows = path, columns, questions, 0
+        self.cut_cells = 0
         self._book = xlsxwriter.Workbook(str(path), {
             "constant_memory": True, "strings_to_formulas": False, "strings_to_numbers": False,
             "strings_to_urls": False, "default_date_format": "yyyy-mm-dd hh:mm:ss.000"})
@@ -185,18 +243,23 @@ class XlsxWriter:
         self._formats = {"money": self._book.add_format({"num_format": "0.0000"}),
                          "seconds": self._book.add_format({"num_format": "0.000"}),
                          "date": self._book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})}
+        timestamps = timestamps_in(columns)
+        self._sources = [_excel_source(c) for c in columns] + [_excel_text(c) for c in timestamps]
+        self._text_at = {columns.index(c): len(columns) + i for i, c in enumerate(timestamps)}
         for index, column in enumerate(columns):
             self._sheet.write_string(0, index, column)
+
+    def _string(self, sheet, row: int, index: int, text: str) -> None:
+        cut = fit_excel_cell(text)
+        if cut is not None:
+            self.cut_cells += 1
+        sheet.write_string(row, index, text if cut is None else cut)
 
     def _cell(self, row: int, index: int, column: str, value) -> None:
         if value is None:
             return
         if column in TIMESTAMP_COLUMNS:
-            value = value.replace(microsecond=value.microsecond // 1000 * 1000)  # floored like the CSV
-            if value >= EXCEL_EPOCH:
-                self._sheet.write_datetime(row, index, value.replace(tzinfo=None), self._formats["date"])
-            else:
-                self._sheet.write_string(row, index, value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+            self._sheet.write_datetime(row, index, value.replace(tzinfo=None), self._formats["date"])
         elif column in MONEY_COLUMNS:
             self._sheet.write_number(row, index, value / 10_000, self._formats["money"])
         elif column == "call_duration_seconds":
@@ -204,15 +267,17 @@ class XlsxWriter:
         elif column == "attempt_count":
             self._sheet.write_number(row, index, value)
         else:
-            self._sheet.write_string(row, index, value)
+            self._string(self._sheet, row, index, value)
 
     def write(self, rows: pl.DataFrame) -> None:
-        sources = [MONEY_COLUMNS[c][0] if c in MONEY_COLUMNS else "call_duration_ms"
-                   if c == "call_duration_seconds" else c for c in self.columns]
-        for values in rows.select(sources).iter_rows():
+        for values in rows.select(self._sources).iter_rows():
             self.rows += 1
-            for index, (column, value) in enumerate(zip(self.columns, values)):
-                self._cell(self.rows, index, column, value)
+            for index, column in enumerate(self.columns):
+                text_at = self._text_at.get(index)
+                if text_at is not None and values[text_at] is not None:
+                    self._string(self._sheet, self.rows, index, values[text_at])
+                else:
+                    self._cell(self.rows, index, column, values[index])
 
     def close(self, empty_rows: pl.DataFrame) -> None:
         sheet = self._book.add_worksheet("questions")
@@ -220,5 +285,5 @@ class XlsxWriter:
         sheet.write_string(0, 1, "prompt")
         for row, (position, prompt) in enumerate(self.questions, start=1):
             sheet.write_number(row, 0, position)
-            sheet.write_string(row, 1, prompt)
+            self._string(sheet, row, 1, prompt)
         self._book.close()

@@ -1,10 +1,19 @@
 """The export multi_asset: one read of a campaign's snapshot materializes its files together."""
 import time
+from typing import NoReturn
 
 import dagster as dg
 
-from exports_pipeline.core.errors import ExportError, SourceUnavailableError
-from exports_pipeline.core.export import PublishedExport, StagedExport, publish_export, stage_export
+from exports_pipeline.core.destinations import Destination
+from exports_pipeline.core.errors import TRANSIENT_ERRORS, ExportError
+from exports_pipeline.core.export import (
+    Publication,
+    StagedExport,
+    prepare_publication,
+    publish,
+    remove_earlier_attempts,
+    stage_export,
+)
 from exports_pipeline.defs.checks import CSV_KEY, check_results, check_specs
 from exports_pipeline.defs.config import ExportRunConfig
 from exports_pipeline.defs.partitions import campaigns_partitions
@@ -25,9 +34,10 @@ FORMAT_DESCRIPTIONS = {
 }
 SOURCE_POOL = "source_database"
 
-# Transient source failures (connection lost, timeouts) are retried with backoff; bad input and
-# schema errors are raised as dg.Failure(allow_retries=False) and fail at once.
-SOURCE_RETRY_POLICY = dg.RetryPolicy(max_retries=3, delay=3, backoff=dg.Backoff.EXPONENTIAL)
+# Only errors a retry can mend are retried (core.errors.TRANSIENT_ERRORS: a lost connection, a timeout,
+# S3 5xx or throttling), with exponential backoff. Bad input, bad data and bugs fail at once with their cause.
+TRANSIENT_RETRIES = 3
+RETRY_DELAY_SECONDS = 3
 
 
 class ProgressLog:
@@ -45,20 +55,24 @@ class ProgressLog:
             self.log.info(f"campaign {self.campaign_id}: {done:,} of {total:,} rows written{share}")
 
 
-def _markdown_preview(staged: StagedExport) -> str:
-    def cell(value) -> str:
-        text = "" if value is None else str(value)
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
-
+def _preview_table(staged: StagedExport) -> dg.TableMetadataValue:
+    """The first rows as the CSV shows them (guarded text, fixed-point money, timestamps as text)."""
     frame = staged.preview
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines)
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in frame.columns])
+    records = [dg.TableRecord({name: None if value is None else str(value) for name, value in row.items()})
+               for row in frame.iter_rows(named=True)]
+    return dg.MetadataValue.table(records, schema)
 
 
-def _stats_metadata(staged: StagedExport, published: PublishedExport, destination) -> dict:
+def _campaign_metadata(staged: StagedExport) -> dict:
+    campaign = staged.campaign
+    return {"campaign_name": campaign.name, "campaign_status": campaign.status,
+            "campaign_owner": campaign.owner_email or ""}
+
+
+def _stats_metadata(publication: Publication, target: Destination) -> dict:
     """Numbers Dagster plots across materializations, and the figures file."""
-    stats = staged.stats
+    stats = publication.staged.stats
     durations = stats["call_duration_seconds"]
     return {
         "contacts": stats["contacts"]["total"],
@@ -68,27 +82,46 @@ def _stats_metadata(staged: StagedExport, published: PublishedExport, destinatio
         "call_attempts": stats["attempts"]["total"],
         "average_call_seconds": durations["average"] if durations["average"] is not None else 0.0,
         "total_cost_usd": float(stats["total_cost_usd"]),
-        "snapshot": published.snapshot,
-        "location": dg.MetadataValue.path(destination.location(published.file_keys["json"])),
+        "snapshot": publication.snapshot,
+        "location": dg.MetadataValue.path(target.location(publication.file_keys["json"])),
         "figures": dg.MetadataValue.json(stats),
+        **_campaign_metadata(publication.staged),
     }
 
 
-def _file_metadata(staged: StagedExport, published: PublishedExport, destination, fmt: str) -> dict:
-    record = next(f for f in published.manifest["files"] if f["format"] == fmt)
+def _file_metadata(publication: Publication, target: Destination, fmt: str) -> dict:
+    staged = publication.staged
+    record = next(f for f in publication.manifest["files"] if f["format"] == fmt)
     rows = record["rows"] if record["rows"] is not None else staged.rows
     return {
         "rows": rows,
         "dagster/row_count": rows,
         "bytes": record["bytes"],
         "sha256": record["sha256"],
-        "location": dg.MetadataValue.path(destination.location(published.file_keys[fmt])),
-        "snapshot": published.snapshot,
-        "manifest": dg.MetadataValue.path(destination.location(published.manifest_key)),
-        "latest_moved": published.latest_moved,
+        "location": dg.MetadataValue.path(target.location(publication.file_keys[fmt])),
+        "snapshot": publication.snapshot,
+        "manifest": dg.MetadataValue.path(target.location(publication.manifest_key)),
         "anomalies": dg.MetadataValue.json(staged.anomalies),
-        "preview": dg.MetadataValue.md(_markdown_preview(staged)),
+        "preview": _preview_table(staged),
+        **_campaign_metadata(staged),
     }
+
+
+def _materializations(publication: Publication, target: Destination, destination: ExportDestination) -> dict:
+    """Metadata of each asset the export materializes, built before publication, so that nothing can fail
+    once latest.json has moved."""
+    metadata = {FORMAT_KEYS[fmt]: _file_metadata(publication, target, fmt)
+                | destination.link_metadata(target, publication, fmt) for fmt in publication.staged.options.formats}
+    return metadata | {STATS_KEY: _stats_metadata(publication, target)}
+
+
+def _raise_for(context: dg.AssetExecutionContext, campaign_id: str, exc: ExportError) -> NoReturn:
+    """A retry for a transient error, else a failure without retries; both name the campaign and the cause."""
+    described = f"export of campaign {campaign_id} failed: {exc}"
+    if isinstance(exc, TRANSIENT_ERRORS):
+        wait = RETRY_DELAY_SECONDS * 2**context.retry_number
+        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait) from type(exc)(described)
+    raise dg.Failure(description=described, allow_retries=False) from None
 
 
 @dg.multi_asset(
@@ -103,7 +136,6 @@ def _file_metadata(staged: StagedExport, published: PublishedExport, destination
     check_specs=check_specs,
     partitions_def=campaigns_partitions,
     pool=SOURCE_POOL,
-    retry_policy=SOURCE_RETRY_POLICY,
 )
 def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase,
                     destination: ExportDestination):
@@ -112,22 +144,19 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     try:
         options = config.to_options()
         target = destination.open()
+        if context.retry_number:
+            remove_earlier_attempts(target, campaign_id, context.run.run_id)
         with stage_export(source.url, campaign_id, options, context.run.run_id,
                           statement_timeout_ms=source.statement_timeout_ms,
                           progress=ProgressLog(context.log, campaign_id)) as staged:
             # Check results come first: a failed blocking check is recorded, then publication refuses.
             yield from check_results(staged.checks)
-            published = publish_export(staged, target)
-    except SourceUnavailableError as exc:
-        # Transient: the retry policy tries again. Named here, as the run's failure once retries run out.
-        raise SourceUnavailableError(f"export of campaign {campaign_id} failed: {exc}") from None
+            publication = prepare_publication(staged)
+            materializations = _materializations(publication, target, destination)
+            moved = publish(publication, target)
     except ExportError as exc:
-        raise dg.Failure(description=f"export of campaign {campaign_id} failed: {exc}", allow_retries=False) \
-            from None
-    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {published.snapshot}"
-                     + ("" if published.latest_moved else " (latest.json not moved)"))
-    for fmt in options.formats:
-        yield dg.MaterializeResult(asset_key=FORMAT_KEYS[fmt],
-                                   metadata=_file_metadata(staged, published, target, fmt)
-                                   | destination.link_metadata(target, published, fmt))
-    yield dg.MaterializeResult(asset_key=STATS_KEY, metadata=_stats_metadata(staged, published, target))
+        _raise_for(context, campaign_id, exc)
+    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
+                     + ("" if moved else " (latest.json not moved)"))
+    for key, metadata in materializations.items():
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata | {"latest_moved": moved})

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from exports_pipeline.core.catalog import Catalog, open_catalog
 from exports_pipeline.core.destinations import Destination, S3Destination, open_destination, s3_client
-from exports_pipeline.core.export import PublishedExport
+from exports_pipeline.core.export import Publication
 from exports_pipeline.core.links import file_link, link_expiry_seconds, links_in_metadata
 
 
@@ -73,7 +73,7 @@ class ExportDestination(S3Resource):
                                 sse=self.sse or os.environ.get("EXPORTS_S3_SSE") or None,
                                 kms_key_id=self.kms_key_id or os.environ.get("EXPORTS_S3_KMS_KEY_ID") or None)
 
-    def link_metadata(self, target: Destination, published: PublishedExport, fmt: str) -> dict:
+    def link_metadata(self, target: Destination, published: Publication, fmt: str) -> dict:
         """A presigned download URL for materialization metadata, only when enabled and only for S3."""
         if not isinstance(target, S3Destination) or not links_in_metadata(self.link_in_metadata):
             return {}

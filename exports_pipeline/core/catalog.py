@@ -28,9 +28,10 @@ from exports_pipeline.core.source import (
     ClosingReader,
     connect_reading,
     fingerprint_fields,
+    instant_micros,
     open_source,
-    parse_iso_timestamp,
 )
+from exports_pipeline.core.instants import clamped_datetime
 from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
@@ -100,8 +101,8 @@ def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
         f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(timezone.utc) if value is not None else None
+def _utc(value: datetime | int | None) -> datetime | None:
+    return clamped_datetime(value) if value is not None else None
 
 
 class PostgresCatalog(Catalog):
@@ -127,7 +128,7 @@ class PostgresCatalog(Catalog):
                 f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
 
     def _campaigns(self, sql: str, params: tuple) -> list[CampaignRow]:
-        return [CampaignRow(i, s, _utc(c), _utc(u), _utc(d)) for i, s, c, u, d in self._rows(sql, params)]
+        return [CampaignRow(i, s, _utc(c), _utc(u), _utc(d)) for i, s, c, u, d in self._rows(sql, params, binary=True)]
 
     def now(self) -> datetime:
         return _utc(self._rows("SELECT now()", ())[0][0])
@@ -189,7 +190,7 @@ class SqliteCatalog(Catalog):
         cid = parse_campaign_id(raw_id)
 
         def instant(text, column):
-            return parse_iso_timestamp(str(text), "campaigns", column, cid) if text is not None else None
+            return _utc(instant_micros(str(text), "campaigns", column, cid)) if text is not None else None
 
         return CampaignRow(cid, status, instant(created, "created_at"), instant(updated, "updated_at"),
                            instant(completed, "completed_at"))

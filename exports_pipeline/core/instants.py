@@ -106,6 +106,16 @@ def instant_text(micros: int) -> str:
             f"{seconds % 60:02d}.{fraction:06d}+00:00")
 
 
+def clamped_datetime(value: datetime | int) -> datetime:
+    """A UTC datetime for ordering (sensor cursors): instants Python's datetime does not hold become its
+    first or last instant, which keeps their order (ties are broken by campaign id)."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc)
+    if _PLAIN_FIRST_US <= value <= _PLAIN_LAST_US:
+        return _EPOCH + timedelta(microseconds=value)
+    return (datetime.max if value > 0 else datetime.min).replace(tzinfo=timezone.utc)
+
+
 def fingerprint_instant(value: datetime | int | None) -> str | None:
     """An instant of the source fingerprint as text: from a datetime, or microseconds since 1970."""
     if value is None:

@@ -112,15 +112,6 @@ def connect_reading(url: str, statement_timeout_ms: int) -> psycopg.Connection:
     return conn
 
 
-def parse_iso_timestamp(text: str, table: str, column: str, row_id: str) -> datetime:
-    """One SQLite timestamp (ISO 8601; no offset means UTC), failing with table, column and row."""
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise SourceSchemaError(f"unparseable timestamp {text!r} in {table}.{column} (row id {row_id})") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
-
 def _in_list(values: list[str]) -> str:
     """SQL literal list of already-validated ids (UUIDs or our own enum values): never user free text."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
@@ -514,7 +505,7 @@ def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: 
     return parsed
 
 
-def _instant_micros(text: str, table: str, column: str, row_id: str) -> int:
+def instant_micros(text: str, table: str, column: str, row_id: str) -> int:
     """One SQLite timestamp as microseconds since 1970 (_timestamps' rules and errors)."""
     frame = pl.DataFrame({"at": [text], "id": [row_id]}, schema={"at": pl.String, "id": pl.String})
     return _timestamps(frame, table, ["at"], "id").select(pl.col("at").dt.epoch("us")).item()
@@ -587,7 +578,7 @@ class SqliteSource(SourceReader):
         if not rows:
             return None
         *described, updated = rows[0]
-        return CampaignInfo(campaign_id, *described, _instant_micros(updated, "campaigns", "updated_at", campaign_id))
+        return CampaignInfo(campaign_id, *described, instant_micros(updated, "campaigns", "updated_at", campaign_id))
 
     def campaign_ids(self) -> list[str]:
         rows = self._rows("SELECT id FROM campaigns")
@@ -683,7 +674,7 @@ class SqliteSource(SourceReader):
 
         updated = self._rows(f"SELECT CAST(updated_at AS TEXT) FROM campaigns WHERE {self._where_id(campaign_id)}")
         return fingerprint_fields((
-            _instant_micros(updated[0][0], "campaigns", "updated_at", campaign_id) if updated else None,
+            instant_micros(updated[0][0], "campaigns", "updated_at", campaign_id) if updated else None,
             *latest("contacts", "updated_at", "c"), *latest("call_attempts", "coalesce(ended_at, started_at)", "a"),
             *latest("survey_responses", "answered_at", "r", "contact_id"), len(self.questions(campaign_id))))
 

@@ -212,15 +212,18 @@ def _excel_source(column: str) -> pl.Expr:
     if column == "call_duration_seconds":
         return pl.col("call_duration_ms")
     if column in TIMESTAMP_COLUMNS:
-        value = pl.col(column)
-        return pl.when(value.is_between(EXCEL_FIRST_DATE, EXCEL_LAST_DATE)).then(value.dt.truncate("1ms")).alias(column)
+        floored = pl.col(column).dt.truncate("1ms")
+        return pl.when(_has_excel_date(column)).then(floored).alias(column)
     return pl.col(column)
+
+
+def _has_excel_date(column: str) -> pl.Expr:
+    return pl.col(column).dt.truncate("1ms").is_between(EXCEL_FIRST_DATE, EXCEL_LAST_DATE)
 
 
 def _excel_text(column: str) -> pl.Expr:
     """A timestamp Excel has no date for, as the CSV writes it (text cell)."""
-    value = pl.col(column)
-    return (pl.when(~value.is_between(EXCEL_FIRST_DATE, EXCEL_LAST_DATE))
+    return (pl.when(~_has_excel_date(column))
             .then(timestamp_text(column, CSV_FRACTION_DIGITS)).alias(f"{column} as text"))
 
 

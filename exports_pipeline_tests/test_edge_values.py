@@ -27,6 +27,7 @@ from exports_pipeline.core.sourceurl import sqlite_path
 from exports_pipeline.core.writers import XLSX_CUT_MARKER, XLSX_MAX_CELL_CHARS
 from exports_pipeline.defs.assets import campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline.defs.schedules import changed_campaigns
 from exports_pipeline_tests import awkward
 
 EDGE = "e0000000-0000-4000-8000-00000000000e"
@@ -186,6 +187,14 @@ def test_the_fingerprint_holds_infinity_and_far_years_and_matches_the_sources(ed
         "campaign_updated_at": "+020000-01-01T00:00:00.123456+00:00", "contacts_count": 4,
         "contacts_max_updated_at": "infinity", "attempts_count": 3, "attempts_max_time": "infinity",
         "answers_count": 1, "answers_max_answered_at": "infinity", "questions_count": 1}
+
+
+def test_the_nightly_schedule_orders_and_compares_such_fingerprints(edge_url, tmp_path):
+    destination = LocalDestination(tmp_path)
+    with open_catalog(edge_url) as catalog:
+        assert changed_campaigns(catalog, destination, [EDGE, awkward.C1]) == [EDGE, awkward.C1]  # infinity first
+        _export(edge_url, tmp_path)
+        assert changed_campaigns(catalog, destination, [EDGE, awkward.C1]) == [awkward.C1]
 
 
 def test_stats_leave_infinite_calls_out_of_durations(edge_url):

@@ -299,6 +299,8 @@ def test_failure_between_files_and_latest_leaves_latest_as_it_was(awkward_pg, tm
         publish(awkward_pg, FailingDestination(tmp_path, fail_on), run_id="bbbbbbbb")
     assert (tmp_path / f"campaign_id={C1}" / "latest.json").read_bytes() == latest_before
     assert read_latest(LocalDestination(tmp_path), C1)["snapshot"] == good.snapshot
+    # what the failed publication had uploaded is gone again: no folder of run bbbbbbbb is left
+    assert [p.name for p in (tmp_path / f"campaign_id={C1}").iterdir() if p.is_dir()] == [good.snapshot]
 
 
 def test_latest_never_moves_backwards(tmp_path):

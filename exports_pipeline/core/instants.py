@@ -116,6 +116,16 @@ def clamped_datetime(value: datetime | int) -> datetime:
     return (datetime.max if value > 0 else datetime.min).replace(tzinfo=timezone.utc)
 
 
+def fingerprint_order(text: str) -> datetime:
+    """A fingerprint instant (fingerprint_instant's text) as a datetime that orders it: infinity and years
+    past 9999 as Python's last instant, -infinity and years before 1 as its first."""
+    if text.startswith(("+", "infinity")):
+        return datetime.max.replace(tzinfo=timezone.utc)
+    if text.startswith("-"):
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text)
+
+
 def fingerprint_instant(value: datetime | int | None) -> str | None:
     """An instant of the source fingerprint as text: from a datetime, or microseconds since 1970."""
     if value is None:

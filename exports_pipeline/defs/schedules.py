@@ -14,6 +14,7 @@ import dagster as dg
 
 from exports_pipeline.core.catalog import Catalog
 from exports_pipeline.core.destinations import Destination
+from exports_pipeline.core.instants import fingerprint_order
 from exports_pipeline.core.publish import read_manifest
 from exports_pipeline.defs.jobs import export_campaign_job
 from exports_pipeline.defs.partitions import campaigns_partitions
@@ -28,7 +29,7 @@ ACTIVITY_FIELDS = ("campaign_updated_at", "contacts_max_updated_at", "attempts_m
 
 
 def _last_activity(fingerprint: dict) -> datetime:
-    return max((datetime.fromisoformat(fingerprint[k]) for k in ACTIVITY_FIELDS if fingerprint.get(k)), default=EPOCH)
+    return max((fingerprint_order(fingerprint[k]) for k in ACTIVITY_FIELDS if fingerprint.get(k)), default=EPOCH)
 
 
 def changed_campaigns(catalog: Catalog, destination: Destination, campaign_ids: list[str]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -74,6 +73,11 @@ class Destination(ABC):
         return self.location(key)
 
 
+def _partial_path(target: Path) -> Path:
+    """A fresh name beside target to write under before renaming into place (retention removes stale ones)."""
+    return target.parent / f".partial-{uuid.uuid4().hex}"
+
+
 class LocalDestination(Destination):
     """A folder on disk: each object is written to a temporary name and renamed into place."""
 
@@ -90,10 +94,13 @@ class LocalDestination(Destination):
         return str(self._path(key))
 
     def _replace_into(self, key: str, write) -> Path:
+        """Write through a new temporary file created with mode 0666 less the process umask (not mkstemp's 0600),
+        so that manifest.json and latest.json are as readable as the data files."""
         target = self._path(key)
+        tmp = _partial_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     write(handle)
@@ -101,7 +108,7 @@ class LocalDestination(Destination):
                     os.fsync(handle.fileno())
                 os.replace(tmp, target)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         except OSError as exc:
             raise PublicationError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -111,7 +118,7 @@ class LocalDestination(Destination):
         """The staged file is immutable: a hard link publishes it without copying its bytes when staging
         and the destination share a file system; otherwise it is copied."""
         target = self._path(key)
-        link = target.parent / f".partial-{uuid.uuid4().hex}"
+        link = _partial_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, link)

@@ -6,6 +6,7 @@ Links (links.py) and retention (retention.py) use the same interface.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -67,6 +68,14 @@ class Destination(ABC):
 
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
+
+    def empty_folders(self) -> Iterator[StoredObject]:
+        """Folders that hold nothing (size 0, modified when their content last changed), in key order: what a
+        local write killed between creating its folder and its first file leaves. An object store has none."""
+        return iter(())
+
+    def remove_empty_folder(self, key: str) -> None:
+        """Remove the folder unless something was written to it meanwhile (an object store has no folders)."""
 
     def link(self, key: str, filename: str, expires_in: int) -> str:
         """Where a user downloads the key; a local file is its own link (S3 presigns a URL)."""
@@ -172,6 +181,22 @@ class LocalDestination(Destination):
             if path.parent != self.base:
                 with suppress(OSError):  # a snapshot folder emptied by retention goes too
                     path.parent.rmdir()
+
+    def empty_folders(self) -> Iterator[StoredObject]:
+        for path in sorted(self.base.rglob("*")):
+            try:
+                if path.is_dir() and not any(path.iterdir()):
+                    yield StoredObject(path.relative_to(self.base).as_posix(), 0,
+                                       datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+
+    def remove_empty_folder(self, key: str) -> None:
+        try:
+            self._path(key).rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):  # gone already, or written to meanwhile
+                raise
 
 
 def part_size(size: int, minimum: int) -> int:

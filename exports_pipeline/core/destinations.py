@@ -33,6 +33,7 @@ SSE_MODES = (None, "AES256", "aws:kms")
 # Answers to a conditional write whose condition no longer holds (412), that raced another
 # conditional write (409), or whose If-Match object was deleted meanwhile (404).
 CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
+LOCK_NAME = ".lock"  # beside latest.json in a local destination: its compare-and-swap lock, not an object
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class LocalDestination(Destination):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # The lock makes compare-and-swap atomic between processes on this machine.
-        with open(target.parent / ".lock", "a") as lock:
+        with open(target.parent / LOCK_NAME, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.read_versioned(key)[1] != version:
                 return False
@@ -169,7 +170,7 @@ class LocalDestination(Destination):
     def list(self, prefix: str) -> Iterator[StoredObject]:
         root = self._path(prefix) if prefix else self.base
         for path in sorted(root.rglob("*")):
-            if path.is_file() and path.name != ".lock":
+            if path.is_file() and path.name != LOCK_NAME:
                 stat = path.stat()
                 yield StoredObject(path.relative_to(self.base).as_posix(), stat.st_size,
                                    datetime.fromtimestamp(stat.st_mtime, timezone.utc))

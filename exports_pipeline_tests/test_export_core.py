@@ -5,6 +5,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import stat
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -266,6 +268,19 @@ def test_publication_layout_manifest_and_latest(awkward_pg, tmp_path):
     latest = json.loads((tmp_path / f"campaign_id={C1}" / "latest.json").read_text())
     assert latest == {"snapshot": published.snapshot, "manifest": f"campaign_id={C1}/{published.snapshot}/manifest.json"}
     assert not any(p.name.startswith(".partial") for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=oct)
+def test_every_published_file_and_latest_json_get_the_permissions_the_umask_gives(awkward_pg, tmp_path, umask):
+    """Whoever may read the data files of a local destination may read its manifest and latest.json too."""
+    previous = os.umask(umask)
+    try:
+        published = publish(awkward_pg, LocalDestination(tmp_path))
+    finally:
+        os.umask(previous)
+    campaign = tmp_path / f"campaign_id={C1}"
+    files = [*(campaign / published.snapshot).iterdir(), campaign / "latest.json"]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
 
 
 def test_second_export_of_unchanged_data_is_byte_identical(awkward_pg, tmp_path):

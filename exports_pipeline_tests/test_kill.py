@@ -4,12 +4,15 @@ what it leaves behind is reachable from no latest.json nor manifest, and retenti
 (a) the production deployment (dagster-daemon, PostgreSQL storage, the top-level dagster.yaml): a run worker
     SIGKILLed mid-read is failed by run monitoring (exports_pipeline.run_launcher) and started again by run
     retries; (b) the `exports-pipeline export` process SIGKILLed mid-read and mid-publication.
-The read is held by a lock on call_attempts taken from another session; publication is caught when the new
-snapshot folder appears (every published file is synced to disk first, which leaves the test time to kill).
+The read is held by a lock on call_attempts taken from another session. Publication is killed once the new
+snapshot folder appears, at whatever point it has reached by then (an empty folder, some files, .partial-*
+files, or a whole snapshot with its manifest), while the test holds the lock that moving latest.json takes:
+the assertions are the invariants that hold at every such point, never one intermediate state.
 """
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +27,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from exports_pipeline.core.destinations import LocalDestination
+from exports_pipeline.core.destinations import LOCK_NAME, LocalDestination
 from exports_pipeline.core.retention import STAGING_PREFIX, apply_retention, apply_staging_retention
 from exports_pipeline.core.seed import seed_source
 from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
@@ -39,26 +42,31 @@ def snapshot_folders(exports: Path, cid: str) -> set[str]:
     return {p.name for p in (exports / f"campaign_id={cid}").iterdir() if p.is_dir()}
 
 
-def verified_latest(exports: Path, cid: str) -> dict:
-    """latest.json's manifest, after checking every file it lists against its bytes and sha256."""
-    latest = json.loads((exports / f"campaign_id={cid}" / "latest.json").read_text())
-    manifest = json.loads((exports / latest["manifest"]).read_text())
-    assert manifest["snapshot"] == latest["snapshot"] and manifest["files"]
-    for record in manifest["files"]:
-        data = (exports / f"campaign_id={cid}" / latest["snapshot"] / record["name"]).read_bytes()
+def whole_files(manifest_file: Path) -> list[Path]:
+    """The files a manifest lists, after checking each one against its bytes and sha256 (none half-written)."""
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["snapshot"] == manifest_file.parent.name and manifest["files"]
+    paths = [manifest_file.parent / record["name"] for record in manifest["files"]]
+    for path, record in zip(paths, manifest["files"]):
+        data = path.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (record["bytes"], record["sha256"])
-    return manifest
+    return paths
 
 
-def referenced_keys(exports: Path) -> set[str]:
-    """Every key a reader can reach: latest.json files, the manifests they name, the files those list."""
-    keys = set()
-    for latest_file in exports.glob("campaign_id=*/latest.json"):
-        latest = json.loads(latest_file.read_text())
-        keys |= {latest_file.relative_to(exports).as_posix(), latest["manifest"]}
-        folder = latest["manifest"].rsplit("/", 1)[0]
-        keys |= {f"{folder}/{f['name']}" for f in json.loads((exports / latest["manifest"]).read_text())["files"]}
-    return keys
+def verified_latest(exports: Path, cid: str) -> dict:
+    """latest.json's manifest, after checking every file it lists."""
+    latest = json.loads((exports / f"campaign_id={cid}" / "latest.json").read_text())
+    assert latest["manifest"] == f"campaign_id={cid}/{latest['snapshot']}/manifest.json"
+    whole_files(exports / latest["manifest"])
+    return json.loads((exports / latest["manifest"]).read_text())
+
+
+def reachable_keys(exports: Path) -> set[str]:
+    """Every key a reader can reach: latest.json files, every manifest, the files each lists (checked whole)."""
+    paths = list(exports.glob("campaign_id=*/latest.json"))
+    for manifest_file in exports.glob("campaign_id=*/*/manifest.json"):
+        paths += [manifest_file, *whole_files(manifest_file)]
+    return {path.relative_to(exports).as_posix() for path in paths}
 
 
 def staging_leftovers(temp_dir: Path) -> list[Path]:
@@ -80,6 +88,15 @@ def attempts_locked(source_url: str):
         conn.execute("LOCK TABLE call_attempts IN ACCESS EXCLUSIVE MODE")
         yield
         conn.rollback()
+
+
+@contextmanager
+def latest_json_locked(exports: Path, cid: str):
+    """Hold the local destination's lock beside latest.json, as a concurrent export moving it would: an export
+    that comes to move latest.json waits there, so a kill during publication always lands before it moves."""
+    with open(exports / f"campaign_id={cid}" / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def export_waits_on_the_lock(source_url: str) -> bool:
@@ -142,8 +159,10 @@ def test_a_run_worker_killed_mid_export_is_failed_by_run_monitoring_retried_and_
         assert killed.status == dg.DagsterRunStatus.FAILURE
         failure, = d.instance.all_logs(killed_id, of_type=dg.DagsterEventType.RUN_FAILURE)
         assert f"run worker process {worker} is gone" in failure.message
-        # Dagster does not give back a dead worker's pool slot until free_slots_after_run_end_seconds.
-        assert killed_id in d.instance.event_log_storage.get_concurrency_info("source_database").active_run_ids
+        # Dagster does not give back a dead worker's pool slot until free_slots_after_run_end_seconds after the run
+        # ended (a test slowed down past that point sees it freed already).
+        held = killed_id in d.instance.event_log_storage.get_concurrency_info("source_database").active_run_ids
+        assert held or time.time() - d.instance.get_run_record_by_id(killed_id).end_time > SLOT_GRACE_SECONDS
 
         retry = d.wait_for("run retries to start the run again and finish", lambda: next(
             (r for r in d.runs(**{"dagster/parent_run_id": killed_id}) if r.is_finished), None), 180)
@@ -190,29 +209,27 @@ def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_r
                 time.sleep(0.2)
             export.kill()
             export.wait()
-    else:  # the moment the first file of the new snapshot appears in the destination; a JSON Lines file
-        # too makes publication last longer than the test takes to notice it (each file is synced to disk)
-        export = subprocess.Popen([CLI, "export", cid, "--format", "csv", "--format", "jsonl", "--format", "parquet"],
-                                  cwd=tmp_path, env={**os.environ, **env},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while snapshot_folders(exports, cid) == published:
-            assert export.poll() is None and time.monotonic() < deadline, "the export never started publishing"
-            time.sleep(0.001)
-        export.kill()
-        export.wait()
+    else:  # killed once the new snapshot folder appears, wherever publication has got to by then (four files,
+        # each synced to disk, leave time for every point before the manifest); never past latest.json (locked)
+        with latest_json_locked(exports, cid):
+            export = subprocess.Popen([CLI, "export", cid, "--format", "csv", "--format", "jsonl", "--format",
+                                       "parquet"], cwd=tmp_path, env={**os.environ, **env},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while snapshot_folders(exports, cid) == published:
+                assert export.poll() is None and time.monotonic() < deadline, "the export never started publishing"
+                time.sleep(0.001)
+            export.kill()
+            export.wait()
     assert export.returncode == -signal.SIGKILL
 
     assert latest_file.read_bytes() == latest_before and verified_latest(exports, cid) == manifest
     new_folders = snapshot_folders(exports, cid) - published
-    if phase == "publication":
-        new, = new_folders
-        assert not (exports / f"campaign_id={cid}" / new / "manifest.json").exists(), \
-            "the kill came after the manifest: publication was quicker than this test"
-    else:
-        assert new_folders == set()
+    assert len(new_folders) == {"read": 0, "publication": 1}[phase]
+    # A manifest the killed export wrote lists whole files only (reachable_keys checks them); the rest of what it
+    # left is reachable from nothing and lies in its own snapshot folder.
     destination = LocalDestination(exports)
-    leftovers = {o.key for o in destination.list("")} - referenced_keys(exports)
+    leftovers = {o.key for o in destination.list("")} - reachable_keys(exports)
     assert all(any(key.startswith(f"campaign_id={cid}/{f}/") for f in new_folders) for key in leftovers)
     assert len(staging_leftovers(temp_dir)) == 1  # the killed export's (the first removed its own)
 
@@ -222,6 +239,12 @@ def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_r
     removed = apply_retention(destination, 30, now=later) + apply_staging_retention(temp_dir, now=later)
     assert {key for r in removed if r.reason != "staging" for key in r.keys} == leftovers
     assert [r.reason for r in removed if r.reason == "staging"] == ["staging"]
-    assert staging_leftovers(temp_dir) == [] and snapshot_folders(exports, cid) == published
-    assert {o.key for o in destination.list("")} == referenced_keys(exports)
+    # Its folder goes with them (even empty), unless it holds a whole snapshot: killed after its manifest, that
+    # one stays until it expires, like a filtered export's snapshot (latest.json names neither).
+    complete = {f for f in new_folders if (exports / f"campaign_id={cid}" / f / "manifest.json").exists()}
+    assert staging_leftovers(temp_dir) == [] and snapshot_folders(exports, cid) == published | complete
+    assert {o.key for o in destination.list("")} == reachable_keys(exports)
+    expired = apply_retention(destination, 30, now=later + dt.timedelta(days=31))
+    assert {r.path for r in expired} == {f"campaign_id={cid}/{f}" for f in complete}
+    assert snapshot_folders(exports, cid) == published
     assert latest_file.read_bytes() == latest_before and verified_latest(exports, cid) == manifest

@@ -15,7 +15,7 @@ from exports_pipeline.core.retention import apply_retention
 from exports_pipeline.definitions import defs
 from exports_pipeline.defs.resources import ExportDestination
 from exports_pipeline.defs.retention import export_retention
-from exports_pipeline_tests.awkward import C1
+from exports_pipeline_tests.awkward import C1, C2
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -87,6 +87,36 @@ def test_local_partial_files_of_interrupted_writes_are_leftovers(tmp_path):
     assert not any(p.exists() for p in stale) and fresh.exists()
     assert not (tmp_path / folder(snapshots["expired"])).exists()  # the emptied folder went too
     assert read_manifest(destination, C1) == {"files": []}
+
+
+def empty_folder(path, age: timedelta = timedelta(0)):
+    """An empty folder last changed age ago."""
+    path.mkdir(parents=True)
+    when = (datetime.now(timezone.utc) - age).timestamp()
+    os.utime(path, (when, when))
+    return path
+
+
+def test_local_empty_snapshot_folders_of_killed_runs_are_leftovers(tmp_path):
+    """An export killed between creating its snapshot folder and writing its first file leaves the folder empty."""
+    destination = LocalDestination(tmp_path)
+    build_history(destination)
+    now = datetime.now(timezone.utc)
+    named = snapshot_name(now - timedelta(days=1), "eeeeeeee")
+    assert move_latest(destination, C1, named, f"{folder(named)}/manifest.json")
+    stale = [empty_folder(tmp_path / folder(snapshot_name(now - timedelta(days=2), "ffffffff")), timedelta(days=2)),
+             empty_folder(tmp_path / f"campaign_id={C2}" / snapshot_name(now, "abababab"), timedelta(days=2))]
+    kept = [empty_folder(tmp_path / folder(named), timedelta(days=2)),  # latest.json names it
+            empty_folder(tmp_path / folder(snapshot_name(now, "cdcdcdcd"))),  # within the grace: maybe still running
+            empty_folder(tmp_path / f"campaign_id={C1}" / "not-a-snapshot", timedelta(days=2)),
+            empty_folder(tmp_path / "notes" / "empty", timedelta(days=2))]
+    expected = sorted((p.relative_to(tmp_path).as_posix(), "incomplete") for p in stale)
+
+    planned = apply_retention(destination, 30, dry_run=True)
+    assert sorted((r.path, r.reason) for r in planned if not r.keys) == expected
+    assert all(p.is_dir() for p in stale + kept)
+    assert apply_retention(destination, 30) == planned
+    assert not any(p.exists() for p in stale) and all(p.is_dir() for p in kept)
 
 
 def test_retention_job_and_its_daily_schedule(destination_url, tmp_path, monkeypatch):

@@ -6,10 +6,10 @@ Links (links.py) and retention (retention.py) use the same interface.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
-import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -54,6 +54,7 @@ def is_transient(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return status >= 500 or exc.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES
     return False
+LOCK_NAME = ".lock"  # beside latest.json in a local destination: its compare-and-swap lock, not an object
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,22 @@ class Destination(ABC):
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
 
+    def empty_folders(self) -> Iterator[StoredObject]:
+        """Folders that hold nothing (size 0, modified when their content last changed), in key order: what a
+        local write killed between creating its folder and its first file leaves. An object store has none."""
+        return iter(())
+
+    def remove_empty_folder(self, key: str) -> None:
+        """Remove the folder unless something was written to it meanwhile (an object store has no folders)."""
+
     def link(self, key: str, filename: str, expires_in: int) -> str:
         """Where a user downloads the key; a local file is its own link (S3 presigns a URL)."""
         return self.location(key)
+
+
+def _partial_path(target: Path) -> Path:
+    """A fresh name beside target to write under before renaming into place (retention removes stale ones)."""
+    return target.parent / f".partial-{uuid.uuid4().hex}"
 
 
 class LocalDestination(Destination):
@@ -111,10 +125,13 @@ class LocalDestination(Destination):
         return str(self._path(key))
 
     def _replace_into(self, key: str, write) -> Path:
+        """Write through a new temporary file created with mode 0666 less the process umask (not mkstemp's 0600),
+        so that manifest.json and latest.json are as readable as the data files."""
         target = self._path(key)
+        tmp = _partial_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     write(handle)
@@ -122,7 +139,7 @@ class LocalDestination(Destination):
                     os.fsync(handle.fileno())
                 os.replace(tmp, target)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         except OSError as exc:
             raise PublicationError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -132,7 +149,7 @@ class LocalDestination(Destination):
         """The staged file is immutable: a hard link publishes it without copying its bytes when staging
         and the destination share a file system; otherwise it is copied."""
         target = self._path(key)
-        link = target.parent / f".partial-{uuid.uuid4().hex}"
+        link = _partial_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, link)
@@ -164,7 +181,7 @@ class LocalDestination(Destination):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # The lock makes compare-and-swap atomic between processes on this machine.
-        with open(target.parent / ".lock", "a") as lock:
+        with open(target.parent / LOCK_NAME, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.read_versioned(key)[1] != version:
                 return False
@@ -174,7 +191,7 @@ class LocalDestination(Destination):
     def list(self, prefix: str) -> Iterator[StoredObject]:
         root = self._path(prefix) if prefix else self.base
         for path in sorted(root.rglob("*")):
-            if path.is_file() and path.name != ".lock":
+            if path.is_file() and path.name != LOCK_NAME:
                 stat = path.stat()
                 yield StoredObject(path.relative_to(self.base).as_posix(), stat.st_size,
                                    datetime.fromtimestamp(stat.st_mtime, timezone.utc))
@@ -186,6 +203,22 @@ class LocalDestination(Destination):
             if path.parent != self.base:
                 with suppress(OSError):  # a snapshot folder emptied by retention goes too
                     path.parent.rmdir()
+
+    def empty_folders(self) -> Iterator[StoredObject]:
+        for path in sorted(self.base.rglob("*")):
+            try:
+                if path.is_dir() and not any(path.iterdir()):
+                    yield StoredObject(path.relative_to(self.base).as_posix(), 0,
+                                       datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+
+    def remove_empty_folder(self, key: str) -> None:
+        try:
+            self._path(key).rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):  # gone already, or written to meanwhile
+                raise
 
 
 def part_size(size: int, minimum: int) -> int:

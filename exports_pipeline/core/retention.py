@@ -3,7 +3,8 @@ latest.json names.
 
 - expired: a complete snapshot (it has manifest.json) taken more than retention_days ago;
 - incomplete: a snapshot folder without manifest.json whose newest object is older than the grace
-  period (a younger one may belong to an export that is uploading right now);
+  period (a younger one may belong to an export that is uploading right now); on a local destination
+  also an empty snapshot folder (an export killed before its first file) unchanged for the grace;
 - partial: a ".partial-*" file of the local destination (an interrupted write) older than the grace;
 - staging: the local staging folder of an export whose process was killed (an export that ends, even
   by an error, removes its own), in this host's temporary folder, untouched for the grace period.
@@ -60,7 +61,7 @@ def plan_retention(destination: Destination, retention_days: int, *, leftover_gr
         if folder.startswith(CAMPAIGN_FOLDER):
             removals += _campaign_removals(destination, folder, list(objects), now - timedelta(days=retention_days),
                                            now - leftover_grace)
-    return removals
+    return removals + _empty_snapshot_removals(destination, now - leftover_grace)
 
 
 def _campaign_removals(destination: Destination, folder: str, objects: list[StoredObject], expired_before: datetime,
@@ -89,6 +90,20 @@ def _campaign_removals(destination: Destination, folder: str, objects: list[Stor
     return removals
 
 
+def _empty_snapshot_removals(destination: Destination, leftover_before: datetime) -> list[Removal]:
+    """Empty snapshot folders unchanged since leftover_before: no listing of objects shows them."""
+    removals = []
+    for folder in destination.empty_folders():
+        campaign, _, snapshot = folder.key.partition("/")
+        if not campaign.startswith(CAMPAIGN_FOLDER) or "/" in snapshot or snapshot_time(snapshot) is None \
+                or folder.modified >= leftover_before:
+            continue
+        latest = read_latest(destination, campaign.removeprefix(CAMPAIGN_FOLDER))
+        if latest is None or latest["snapshot"] != snapshot:
+            removals.append(Removal(folder.key, "incomplete", ()))
+    return removals
+
+
 def apply_retention(destination: Destination, retention_days: int, *, dry_run: bool = False,
                     leftover_grace: timedelta = timedelta(hours=24), now: datetime | None = None) -> list[Removal]:
     """Remove (or, in a dry run, only list) what retention finds; returns it.
@@ -100,6 +115,9 @@ def apply_retention(destination: Destination, retention_days: int, *, dry_run: b
         keys = [key for removal in removals for key in removal.keys]
         destination.delete([key for key in keys if key.endswith("/manifest.json")])
         destination.delete([key for key in keys if not key.endswith("/manifest.json")])
+        for removal in removals:
+            if not removal.keys:
+                destination.remove_empty_folder(removal.path)
     return removals
 
 

@@ -24,9 +24,9 @@ class RetentionConfig(dg.Config):
         "(never the one latest.json names)."))
     dry_run: bool = Field(default=False, description="Only list what would be deleted; delete nothing.")
     leftover_grace_hours: int = Field(default=24, ge=1, description=(
-        "Snapshot folders without manifest.json, .partial-* files and local staging folders of killed exports "
-        "count as leftovers of failed runs once their newest object is this old; younger ones may belong to an "
-        "export still running."))
+        "Snapshot folders without manifest.json (empty ones too), .partial-* files and local staging folders of "
+        "killed exports count as leftovers of failed runs once their newest object (or the empty folder) is this "
+        "old; younger ones may belong to an export still running."))
 
 
 @dg.op(description="Delete expired snapshots and leftovers of failed runs from the export destination, and "

@@ -66,8 +66,7 @@ def _use_locations(locations: Locations) -> None:
 
 
 def run_config_for(args: argparse.Namespace) -> dict:
-    config = {"formats": args.format or list(DEFAULT_FORMATS), "bom": not args.no_bom,
-              "formula_guard": not args.no_formula_guard, "batch_size": args.batch_size}
+    config = {"bom": not args.no_bom, "formula_guard": not args.no_formula_guard, "batch_size": args.batch_size}
     if args.states:
         config["states"] = args.states
     if args.updated_from:
@@ -79,14 +78,26 @@ def run_config_for(args: argparse.Namespace) -> dict:
     return config
 
 
-def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str) -> list[str]:
-    """Validate the id, register its partition, run the export job; return the written locations."""
+def _export_job(formats: tuple[str, ...]):
+    """The export job for the default files; other files: Dagster's job of every asset, with their selection
+    (the formats map to assets exactly as a selection in the UI does)."""
     from exports_pipeline.definitions import defs
+    from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, FORMAT_KEYS, STATS_KEY
+
+    selection = [FORMAT_KEYS[f] for f in formats] + [STATS_KEY]
+    if set(selection) == set(DEFAULT_EXPORT_KEYS):
+        return defs.resolve_job_def("export_campaign"), None
+    return defs.resolve_implicit_global_asset_job_def(), selection
+
+
+def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str,
+                           formats: tuple[str, ...] = DEFAULT_FORMATS) -> list[str]:
+    """Validate the id, register its partition, run the export job; return the written locations."""
     from exports_pipeline.defs.config import ExportRunConfig
     from exports_pipeline.defs.partitions import campaigns_partitions
 
     cid = parse_campaign_id(campaign_id)
-    ExportRunConfig(**config).to_options()  # bad options fail here, before any work
+    ExportRunConfig(**config).to_options(formats)  # bad options fail here, before any work
     with open_source(locations.source_url) as source:
         if source.campaign(cid) is None:
             raise CampaignNotFoundError(f"campaign {cid} is not in the source")
@@ -95,9 +106,10 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
         instance = _instance()
         if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
             instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
-    result = defs.resolve_job_def("export_campaign").execute_in_process(
+    job, selection = _export_job(formats)
+    result = job.execute_in_process(
         run_config={"ops": {"campaign_export": {"config": config}}}, instance=instance, partition_key=cid,
-        tags={"campaign_id": cid, "trigger": trigger, "formats": ",".join(config["formats"])},
+        tags={"campaign_id": cid, "trigger": trigger, "formats": ",".join(formats)}, asset_selection=selection,
         raise_on_error=False)
     if not result.success:
         failure = result.failure_data_for_node("campaign_export")
@@ -113,7 +125,8 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
 
 def cmd_export(args: argparse.Namespace) -> int:
     locations = resolve_locations()
-    for location in export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual"):
+    formats = tuple(f for f in FORMATS if f in (args.format or DEFAULT_FORMATS))
+    for location in export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", formats):
         print(location)
     return 0
 
@@ -128,9 +141,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed_source(locations.source_url, contacts=DEMO_CONTACTS, campaigns=DEMO_CAMPAIGNS, seed=1)
     with open_source(locations.source_url) as source:
         campaign_ids = source.campaign_ids()
-    config = {"formats": list(DEFAULT_FORMATS)}
     for cid in campaign_ids:
-        for location in export_through_dagster(locations, cid, config, "manual"):
+        for location in export_through_dagster(locations, cid, {}, "manual"):
             print(location)
     print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
     return 0

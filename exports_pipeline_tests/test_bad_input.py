@@ -13,7 +13,7 @@ from exports_pipeline.core.destinations import LocalDestination
 from exports_pipeline.core.errors import ExportError
 from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.options import ExportOptions
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, K3
@@ -89,7 +89,7 @@ def test_secrets_never_reach_logs_metadata_manifests_or_errors(awkward_pg, tmp_p
     destination = tmp_path / "exports"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1, "d0000000-0000-4000-8000-000000000000"])
-        runs = [dg.materialize([campaign_export], instance=instance, partition_key=key, raise_on_error=False,
+        runs = [dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=key, raise_on_error=False,
                                resources={"source": SourceDatabase(url=url),
                                           "destination": ExportDestination(url=str(destination))})
                 for key in (C1, "d0000000-0000-4000-8000-000000000000")]

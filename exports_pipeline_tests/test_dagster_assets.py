@@ -4,12 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from exports_pipeline.definitions import defs
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
@@ -21,10 +22,11 @@ def resources(pg_url, tmp_path):
     return {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "exports"))}
 
 
-def materialize(resources, instance, partition: str, config: dict | None = None):
+def materialize(resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS):
     instance.add_dynamic_partitions("campaigns", [partition])
-    return dg.materialize([campaign_export], instance=instance, partition_key=partition, resources=resources,
-                          run_config={"ops": {"campaign_export": {"config": config or {}}}}, raise_on_error=False)
+    return dg.materialize([campaign_export], selection=selection, instance=instance, partition_key=partition,
+                          resources=resources, run_config={"ops": {"campaign_export": {"config": config or {}}}},
+                          raise_on_error=False)
 
 
 def test_definitions_load_with_the_spec_names():
@@ -79,12 +81,21 @@ def test_invalid_run_option_fails_before_any_work(resources, tmp_path):
         assert not (tmp_path / "exports").exists()
 
 
-def test_parquet_only_run_materializes_only_parquet(resources):
+def test_the_selected_assets_decide_the_files_written(resources, tmp_path):
+    """XLSX alone: its materialization and file only (with the stats file and manifest every snapshot has);
+    latest.json stays where the default export put it, since the snapshot lacks the CSV and Parquet."""
     with dg.instance_for_test() as instance:
-        result = materialize(resources, instance, C1, {"formats": ["parquet"]})
-        assert result.success
+        default = materialize(resources, instance, C1)
+        result = materialize(resources, instance, C1, selection=[dg.AssetKey("campaign_results_xlsx")])
+        assert default.success and result.success
         keys = [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("campaign_export")]
-        assert keys == ["campaign_results_parquet", "campaign_stats"]  # stats come with every export
+        assert keys == ["campaign_results_xlsx"]
+        metadata = result.asset_materializations_for_node("campaign_export")[0].metadata
+        folder = Path(metadata["location"].value).parent
+        assert sorted(p.name for p in folder.iterdir()) == ["campaign_results.xlsx", "campaign_stats.json",
+                                                             "manifest.json"]
+        latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
+        assert latest["snapshot"].endswith(default.run_id[:8]) and not metadata["latest_moved"].value
 
 
 def test_local_destination_run_builds_no_s3_client(resources, monkeypatch):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from exports_pipeline.core.mail import ExportFigures, SmtpSettings, export_ready_message, send
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.delivery import MailDelivery, export_failed_mail_sensor, export_ready_mail_sensor
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.run_tags import export_run_tags
@@ -122,7 +122,7 @@ def test_mail_in_clear_text_is_refused_by_a_server_that_requires_starttls(smtp_s
 
 def _export(instance, resources, campaign_id):
     instance.add_dynamic_partitions("campaigns", [campaign_id])
-    return dg.materialize([campaign_export], instance=instance, partition_key=campaign_id, resources=resources,
+    return dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=campaign_id, resources=resources,
                           tags=export_run_tags(campaign_id, "manual"), raise_on_error=False)
 
 

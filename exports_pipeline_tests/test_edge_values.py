@@ -25,7 +25,7 @@ from exports_pipeline.core.publish import read_latest
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import sqlite_path
 from exports_pipeline.core.writers import XLSX_CUT_MARKER, XLSX_MAX_CELL_CHARS
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import changed_campaigns
 from exports_pipeline_tests import awkward
@@ -292,7 +292,7 @@ def test_an_error_after_staging_fails_at_once_and_publishes_nothing(edge_pg, tmp
     monkeypatch.setattr(assets_module, "_stats_metadata", broken)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [EDGE])
-        result = dg.materialize([campaign_export], partition_key=EDGE, instance=instance, raise_on_error=False,
+        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, partition_key=EDGE, instance=instance, raise_on_error=False,
                                 resources={"source": SourceDatabase(url=edge_pg),
                                            "destination": ExportDestination(url=str(tmp_path))})
         assert not result.success and stagings == [EDGE]  # exactly one snapshot attempt: a bug is not retried
@@ -322,7 +322,7 @@ def test_a_transient_publication_error_is_retried_and_the_run_publishes_one_snap
     stagings = _count_stagings(monkeypatch)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [EDGE])
-        result = dg.materialize([campaign_export], partition_key=EDGE, instance=instance,
+        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, partition_key=EDGE, instance=instance,
                                 resources={"source": SourceDatabase(url=edge_pg),
                                            "destination": ExportDestination(url=str(tmp_path))})
         retries = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)

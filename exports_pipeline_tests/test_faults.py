@@ -35,7 +35,7 @@ from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.seed import seed_source
 from exports_pipeline.core.source import APPLICATION_NAME
-from exports_pipeline.defs.assets import TRANSIENT_RETRIES, campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, TRANSIENT_RETRIES, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
@@ -404,7 +404,7 @@ def test_denied_s3_credentials_fail_naming_destination_and_error_without_the_sec
                                     aws_secret_access_key=secret, **settings)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1])
-        result = dg.materialize([campaign_export], instance=instance, partition_key=C1, raise_on_error=False,
+        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, raise_on_error=False,
                                 resources={"source": SourceDatabase(url=awkward_pg), "destination": destination})
         assert not result.success
         message = result.failure_data_for_node("campaign_export").error.message

@@ -14,7 +14,7 @@ from exports_pipeline.core.catalog import open_catalog
 from exports_pipeline.core.seed import create_source_schema, seed_source
 from exports_pipeline.core.source import open_source
 from exports_pipeline.defs import schedules, sensors
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import nightly_changed_campaigns
 from exports_pipeline.defs.sensors import campaign_completed_sensor, campaign_partitions_sensor
@@ -201,7 +201,7 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
     running, completed = (sql(source_url, "SELECT id::text FROM campaigns WHERE status = %s LIMIT 1", (s,))[0][0]
                           for s in ("running", "completed"))
     for cid in (running, completed):
-        assert dg.materialize([campaign_export], instance=instance, partition_key=cid, resources=resources()).success
+        assert dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=cid, resources=resources()).success
 
     def nightly() -> dict[str, dg.RunRequest]:
         with dg.build_schedule_context(instance=instance, resources=resources(), scheduled_execution_time=dt.datetime(
@@ -223,7 +223,7 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
     monkeypatch.setattr(schedules, "MAX_RUNS_PER_NIGHT", 1)
     assert set(nightly()) == {running}  # the most recently active first
 
-    assert dg.materialize([campaign_export], instance=instance, partition_key=running, resources=resources()).success
+    assert dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=running, resources=resources()).success
     monkeypatch.setattr(schedules, "MAX_RUNS_PER_NIGHT", 100)
     assert set(nightly()) == set(ids) - {running}
 
@@ -254,7 +254,7 @@ def test_run_history_retention_keeps_each_campaigns_latest_export(source_url, in
     cid = sql(source_url, "SELECT id::text FROM campaigns LIMIT 1")[0][0]
     unknown = str(uuid.uuid4())
     instance.add_dynamic_partitions("campaigns", [cid, unknown])
-    runs = [dg.materialize([campaign_export], instance=instance, partition_key=key, resources=resources,
+    runs = [dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=key, resources=resources,
                            raise_on_error=False) for key in (cid, cid, unknown)]
     assert [r.success for r in runs] == [True, True, False]
 

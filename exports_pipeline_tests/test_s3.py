@@ -24,7 +24,7 @@ from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.links import latest_link
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.publish import move_latest, read_latest
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY
@@ -268,7 +268,7 @@ def test_link_for_a_local_destination_is_the_path_and_no_export_is_a_clear_error
 
 def materialize(instance, resources):
     instance.add_dynamic_partitions("campaigns", [C1])
-    return dg.materialize([campaign_export], instance=instance, partition_key=C1, resources=resources,
+    return dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, resources=resources,
                           raise_on_error=False)
 
 

@@ -18,7 +18,7 @@ from exports_pipeline.core.export import stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.source import PostgresSource
 from exports_pipeline.core.stats import percentage
-from exports_pipeline.defs.assets import campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY, K1, K2
@@ -186,7 +186,7 @@ def test_a_failed_blocking_check_fails_the_run_and_publishes_nothing(awkward_pg,
     destination = tmp_path / "exports"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1])
-        result = dg.materialize([campaign_export], instance=instance, partition_key=C1, raise_on_error=False,
+        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, raise_on_error=False,
                                 resources={"source": SourceDatabase(url=awkward_pg),
                                            "destination": ExportDestination(url=str(destination))})
         assert not result.success

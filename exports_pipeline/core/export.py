@@ -357,7 +357,7 @@ def publish(publication: Publication, destination: Destination) -> bool:
     try:
         upload_snapshot(destination, staged.campaign_id, staged.snapshot, staged.files,
                         publication.manifest["files"], publication.manifest)
-        return staged.options.is_default_selection and move_latest(
+        return staged.options.moves_latest and move_latest(
             destination, staged.campaign_id, staged.snapshot, publication.manifest_key)
     except BaseException:
         with suppress(Exception):

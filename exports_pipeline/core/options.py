@@ -86,17 +86,22 @@ class ExportOptions:
                     f"{', '.join(BASE_COLUMNS)}, q1_answer..qN_answer")
             object.__setattr__(self, "columns", tuple(dict.fromkeys(self.columns)))
         bad_formats = [f for f in self.formats if f not in FORMATS]
-        if bad_formats or not self.formats:
-            raise InvalidInputError(
-                f"option formats: {', '.join(bad_formats) or 'empty list'} not allowed; allowed: {', '.join(FORMATS)}")
+        if bad_formats:
+            raise InvalidInputError(f"option formats: {', '.join(bad_formats)} not allowed; allowed: {', '.join(FORMATS)}")
         object.__setattr__(self, "formats", tuple(f for f in FORMATS if f in set(self.formats)))
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInputError(f"option batch_size: {self.batch_size!r} must be a positive integer")
 
     @property
     def is_default_selection(self) -> bool:
-        """True when no state, time or column filter applies: only such exports move latest.json."""
+        """True when no state, time or column filter applies."""
         return self.states is None and self.updated_from is None and self.updated_to is None and self.columns is None
+
+    @property
+    def moves_latest(self) -> bool:
+        """Only a default export moves latest.json: no filter, and at least the default files (a snapshot
+        of an XLSX alone would hide the campaign's latest CSV and Parquet)."""
+        return self.is_default_selection and set(DEFAULT_FORMATS) <= set(self.formats)
 
     def describe(self) -> dict:
         """The options as recorded in the manifest (JSON-safe)."""

@@ -1,5 +1,6 @@
 """The export multi_asset: one read of a campaign's snapshot materializes its files together."""
 import time
+from collections.abc import Iterator, Set as AbstractSet
 from typing import NoReturn
 
 import dagster as dg
@@ -14,7 +15,8 @@ from exports_pipeline.core.export import (
     remove_earlier_attempts,
     stage_export,
 )
-from exports_pipeline.defs.checks import CSV_KEY, check_results, check_specs
+from exports_pipeline.core.options import DEFAULT_FORMATS, ExportOptions
+from exports_pipeline.defs.checks import CSV_KEY, check_evaluations, check_specs
 from exports_pipeline.defs.config import ExportRunConfig
 from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
@@ -32,7 +34,10 @@ FORMAT_DESCRIPTIONS = {
     "csv.gz": "The campaign's results as gzip-compressed CSV.",
     "pdf": "A one-page PDF summary: headline figures and attempts per day.",
 }
+# The default export (SPEC section 4): what the export job, the sensors and the schedule materialize.
+DEFAULT_EXPORT_KEYS = [*(FORMAT_KEYS[fmt] for fmt in DEFAULT_FORMATS), STATS_KEY]
 SOURCE_POOL = "source_database"
+CAMPAIGNS_PER_RUN = 100
 
 # Only errors a retry can mend are retried (core.errors.TRANSIENT_ERRORS: a lost connection, a timeout,
 # S3 5xx or throttling), with exponential backoff. Bad input, bad data and bugs fail at once with their cause.
@@ -107,21 +112,93 @@ def _file_metadata(publication: Publication, target: Destination, fmt: str) -> d
     }
 
 
-def _materializations(publication: Publication, target: Destination, destination: ExportDestination) -> dict:
-    """Metadata of each asset the export materializes, built before publication, so that nothing can fail
-    once latest.json has moved."""
+def _materializations(publication: Publication, target: Destination, destination: ExportDestination,
+                      selected: AbstractSet[dg.AssetKey]) -> dict:
+    """Metadata of each selected asset, built before publication, so that nothing can fail once latest.json
+    has moved."""
     metadata = {FORMAT_KEYS[fmt]: _file_metadata(publication, target, fmt)
                 | destination.link_metadata(target, publication, fmt) for fmt in publication.staged.options.formats}
-    return metadata | {STATS_KEY: _stats_metadata(publication, target)}
+    if STATS_KEY in selected:
+        metadata[STATS_KEY] = _stats_metadata(publication, target)
+    return metadata
 
 
-def _raise_for(context: dg.AssetExecutionContext, campaign_id: str, exc: ExportError) -> NoReturn:
-    """A retry for a transient error, else a failure without retries; both name the campaign and the cause."""
-    described = f"export of campaign {campaign_id} failed: {exc}"
-    if isinstance(exc, TRANSIENT_ERRORS):
+def selected_formats(selected: AbstractSet[dg.AssetKey]) -> tuple[str, ...]:
+    """The files a run writes: those of the selected assets (campaign_stats.json goes into every snapshot)."""
+    return tuple(fmt for fmt, key in FORMAT_KEYS.items() if key in selected)
+
+
+def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, options: ExportOptions,
+                     source: SourceDatabase, target: Destination, destination: ExportDestination) -> Iterator:
+    """One campaign from its own source snapshot to a published snapshot: its check evaluations, then
+    (once published) a materialization of each selected asset for its partition."""
+    with stage_export(source.url, campaign_id, options, context.run.run_id,
+                      statement_timeout_ms=source.statement_timeout_ms,
+                      progress=ProgressLog(context.log, campaign_id)) as staged:
+        # Check results come first: a failed blocking check is recorded, then publication refuses.
+        yield from check_evaluations(staged.checks, campaign_id, context.selected_asset_check_keys)
+        publication = prepare_publication(staged)
+        materializations = _materializations(publication, target, destination, context.selected_asset_keys)
+        moved = publish(publication, target)
+    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
+                     + ("" if moved else " (latest.json not moved)"))
+    for key, metadata in materializations.items():
+        yield dg.AssetMaterialization(asset_key=key, partition=campaign_id, metadata=metadata | {"latest_moved": moved})
+
+
+def _lineage(context: dg.AssetExecutionContext) -> list[str]:
+    """This run's id and those of the runs it re-executes (a retry of a run, a re-execution from failure)."""
+    run_ids, parent = [context.run.run_id], context.run.parent_run_id
+    while parent:
+        run_ids.append(parent)
+        parent_run = context.instance.get_run_by_id(parent)
+        parent = parent_run.parent_run_id if parent_run else None
+    return run_ids
+
+
+def _published_by(context: dg.AssetExecutionContext, run_ids: list[str], campaign_ids: list[str]) -> set[str]:
+    """The campaigns of these that one of these runs materialized (any selected asset stands for all)."""
+    root = context.instance.get_run_record_by_id(run_ids[-1])
+    records_filter = dg.AssetRecordsFilter(asset_key=sorted(context.selected_asset_keys)[0], asset_partitions=campaign_ids,
+                                           after_timestamp=root.create_timestamp.timestamp() if root else None)
+    published, cursor = set(), None
+    while True:
+        page = context.instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
+        published |= {r.partition_key for r in page.records if r.run_id in run_ids}
+        if not page.has_more:
+            return published
+        cursor = page.cursor
+
+
+def _campaigns_to_export(context: dg.AssetExecutionContext, target: Destination) -> list[str]:
+    """The run's campaigns, less those published by an earlier attempt of the run or by the run it
+    re-executes; what such an attempt left of the others (its own clean-up failed too) is removed."""
+    campaign_ids = context.partition_keys
+    if not (context.retry_number or context.run.parent_run_id):
+        return campaign_ids
+    run_ids = _lineage(context)
+    published = _published_by(context, run_ids, campaign_ids)
+    remaining = [cid for cid in campaign_ids if cid not in published]
+    for campaign_id in remaining:
+        for run_id in run_ids:
+            remove_earlier_attempts(target, campaign_id, run_id)
+    if published:
+        context.log.info(f"{len(published)} of {len(campaign_ids)} campaigns were published before: not again")
+    return remaining
+
+
+def _raise_for(context: dg.AssetExecutionContext, failures: dict[str, Exception]) -> NoReturn:
+    """Fail the step naming each failed campaign and its cause: a retry when one of the causes is transient
+    (the retry exports only what did not publish), else a failure without retries."""
+    described = "\n".join(f"export of campaign {cid} failed: {exc}" for cid, exc in failures.items())
+    if len(failures) > 1:
+        described = f"{len(failures)} of {len(context.partition_keys)} campaigns failed:\n{described}"
+    transient = next((exc for exc in failures.values() if isinstance(exc, TRANSIENT_ERRORS)), None)
+    if transient is not None:
         wait = RETRY_DELAY_SECONDS * 2**context.retry_number
-        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait) from type(exc)(described)
-    raise dg.Failure(description=described, allow_retries=False) from None
+        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait) from type(transient)(described)
+    raise dg.Failure(description=described, allow_retries=False,
+                     metadata={"failed_campaigns": dg.MetadataValue.json({c: str(e) for c, e in failures.items()})})
 
 
 @dg.multi_asset(
@@ -131,32 +208,35 @@ def _raise_for(context: dg.AssetExecutionContext, campaign_id: str, exc: ExportE
         for fmt, key in FORMAT_KEYS.items()
     ] + [
         dg.AssetSpec(STATS_KEY, description="Dashboard figures of the whole campaign (SPEC section 6).",
-                     partitions_def=campaigns_partitions, group_name="campaign_exports", kinds={"json"}),
+                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
+                     kinds={"json"}),
     ],
     check_specs=check_specs,
     partitions_def=campaigns_partitions,
+    can_subset=True,
+    # A backfill's runs each export up to CAMPAIGNS_PER_RUN campaigns of a stretch of partitions, so that
+    # the cost of starting a run (a process that imports Dagster and the project) is paid once per batch.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CAMPAIGNS_PER_RUN),
     pool=SOURCE_POOL,
 )
 def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase,
                     destination: ExportDestination):
-    """Export one campaign partition from one source snapshot and publish it as an immutable snapshot."""
-    campaign_id = context.partition_key
+    """Export each campaign partition of the run, one after the other, each from its own source snapshot to
+    its own immutable snapshot. A campaign that fails fails alone: the others publish, then the step fails
+    naming each failed campaign."""
     try:
-        options = config.to_options()
+        options = config.to_options(selected_formats(context.selected_asset_keys))
         target = destination.open()
-        if context.retry_number:
-            remove_earlier_attempts(target, campaign_id, context.run.run_id)
-        with stage_export(source.url, campaign_id, options, context.run.run_id,
-                          statement_timeout_ms=source.statement_timeout_ms,
-                          progress=ProgressLog(context.log, campaign_id)) as staged:
-            # Check results come first: a failed blocking check is recorded, then publication refuses.
-            yield from check_results(staged.checks)
-            publication = prepare_publication(staged)
-            materializations = _materializations(publication, target, destination)
-            moved = publish(publication, target)
     except ExportError as exc:
-        _raise_for(context, campaign_id, exc)
-    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
-                     + ("" if moved else " (latest.json not moved)"))
-    for key, metadata in materializations.items():
-        yield dg.MaterializeResult(asset_key=key, metadata=metadata | {"latest_moved": moved})
+        _raise_for(context, {cid: exc for cid in context.partition_keys})
+    failures: dict[str, Exception] = {}
+    for campaign_id in _campaigns_to_export(context, target):
+        try:
+            yield from _export_campaign(context, campaign_id, options, source, target, destination)
+        except ExportError as exc:
+            failures[campaign_id] = exc
+        except Exception as exc:  # a bug met by one campaign fails it alone, with its traceback in the log
+            context.log.exception(f"campaign {campaign_id}: unexpected error")
+            failures[campaign_id] = exc
+    if failures:
+        _raise_for(context, failures)

@@ -2,6 +2,8 @@
 published, the reported ones (warnings) on every materialization with their numbers."""
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import dagster as dg
 
 from exports_pipeline.core.export import CheckOutcome
@@ -23,8 +25,10 @@ check_specs = [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking
     dg.AssetCheckSpec(name, asset=CSV_KEY, description=text) for name, text in REPORTED_CHECKS.items()]
 
 
-def check_results(outcomes: list[CheckOutcome]) -> list[dg.AssetCheckResult]:
-    return [dg.AssetCheckResult(asset_key=CSV_KEY, check_name=o.name, passed=o.passed,
-                                severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
-                                metadata={k: dg.MetadataValue.text(str(v)) for k, v in o.metadata.items()})
-            for o in outcomes]
+def check_evaluations(outcomes: list[CheckOutcome], campaign_id: str,
+                      selected: AbstractSet[dg.AssetCheckKey]) -> list[dg.AssetCheckEvaluation]:
+    """The selected checks' results for the campaign's partition (a run may export many campaigns)."""
+    return [dg.AssetCheckEvaluation(asset_key=CSV_KEY, check_name=o.name, passed=o.passed, partition=campaign_id,
+                                    severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
+                                    metadata={k: dg.MetadataValue.text(str(v)) for k, v in o.metadata.items()})
+            for o in outcomes if dg.AssetCheckKey(CSV_KEY, o.name) in selected]

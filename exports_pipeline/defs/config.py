@@ -11,8 +11,6 @@ from exports_pipeline.core.errors import InvalidInputError
 from exports_pipeline.core.options import (
     CONTACT_STATES,
     DEFAULT_BATCH_SIZE,
-    DEFAULT_FORMATS,
-    FORMATS,
     ExportOptions,
 )
 
@@ -40,17 +38,17 @@ class ExportRunConfig(dg.Config):
         default=None, description="Only contacts with updated_at before this ISO 8601 time (with offset or Z).")
     columns: Optional[list[str]] = Field(
         default=None, description="Only these export columns (kept in the standard order). Default: all.")
-    formats: list[str] = Field(default=list(DEFAULT_FORMATS), description=f"Files to write: {', '.join(FORMATS)}.")
     bom: bool = Field(default=True, description="Start the CSV with a UTF-8 byte-order mark (Excel needs it).")
     formula_guard: bool = Field(
         default=True, description="Prefix text cells starting with = + - @ TAB CR LF with an apostrophe.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE,
                             description="Contacts read and written per batch; bounds memory, never changes output.")
 
-    def to_options(self) -> ExportOptions:
+    def to_options(self, formats: tuple[str, ...]) -> ExportOptions:
+        """formats: those of the selected assets (assets.selected_formats)."""
         return ExportOptions(
             states=tuple(self.states) if self.states is not None else None,
             updated_from=_instant(self.updated_from, "updated_from"),
             updated_to=_instant(self.updated_to, "updated_to"),
             columns=tuple(self.columns) if self.columns is not None else None,
-            formats=tuple(self.formats), bom=self.bom, formula_guard=self.formula_guard, batch_size=self.batch_size)
+            formats=formats, bom=self.bom, formula_guard=self.formula_guard, batch_size=self.batch_size)

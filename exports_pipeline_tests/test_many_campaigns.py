@@ -1,0 +1,102 @@
+"""Many campaigns per run (issue 14): a run over a range of campaign partitions publishes, materializes and
+checks each campaign on its own, and a campaign that fails fails alone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+import exports_pipeline.defs.assets as assets_module
+from exports_pipeline.core.errors import SourceUnavailableError
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline_tests import awkward
+from exports_pipeline_tests.awkward import C1, C2, EMPTY
+
+CAMPAIGNS = [C1, C2, EMPTY]  # partitions in this order: the range C1..EMPTY holds all three
+NAN_ATTEMPT = "b0000000-0000-4000-8000-0000000000ff"
+
+
+@pytest.fixture
+def source(pg_url) -> str:
+    """The awkward source, where campaign C2 holds a NaN cost: its export fails naming the attempt."""
+    awkward.load(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
+                     f"VALUES ('{NAN_ATTEMPT}', '{C2}', '{awkward.K5}', 9, 'failed', 'NaN')")
+    return pg_url
+
+
+def _range_run(instance, pg_url: str, out: Path, selection=DEFAULT_EXPORT_KEYS) -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions("campaigns", CAMPAIGNS)
+    return dg.materialize([campaign_export], selection=selection, instance=instance, raise_on_error=False,
+                          tags={"dagster/asset_partition_range_start": C1, "dagster/asset_partition_range_end": EMPTY},
+                          resources={"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(out))})
+
+
+def _materialized(result) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for event in result.get_asset_materialization_events():
+        found.setdefault(event.partition, set()).add(event.asset_key.to_user_string())
+    return found
+
+
+def _snapshots(out: Path, campaign_id: str) -> list[str]:
+    folder = out / f"campaign_id={campaign_id}"
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+
+
+def test_a_failing_campaign_fails_alone_and_the_others_publish(source, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = _range_run(instance, source, tmp_path)
+        assert not result.success
+        default_keys = {k.to_user_string() for k in DEFAULT_EXPORT_KEYS}
+        assert _materialized(result) == {C1: default_keys, EMPTY: default_keys}
+        failure, = result.get_step_failure_events()
+        message = failure.event_specific_data.error.message
+        assert f"export of campaign {C2} failed" in message and NAN_ATTEMPT in message and C1 not in message
+        evaluations = {(e.partition, e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+        assert evaluations[(C1, "row_count_matches_source")] and evaluations[(EMPTY, "contact_id_unique")]
+        assert not any(partition == C2 for partition, _ in evaluations)
+    for campaign_id in (C1, EMPTY):
+        latest = json.loads((tmp_path / f"campaign_id={campaign_id}" / "latest.json").read_text())
+        assert _snapshots(tmp_path, campaign_id) == [latest["snapshot"]]
+        assert latest["snapshot"].endswith(result.run_id[:8])
+    assert not (tmp_path / f"campaign_id={C2}").exists()  # nothing of the failed campaign
+
+
+def test_the_retry_after_a_transient_error_exports_only_what_did_not_publish(source, tmp_path, monkeypatch):
+    with psycopg.connect(source) as conn:
+        conn.execute(f"DELETE FROM call_attempts WHERE id = '{NAN_ATTEMPT}'")
+    stagings: list[str] = []
+    real = assets_module.stage_export
+
+    def lose_c2_once(source_url, campaign_id, *args, **kwargs):
+        stagings.append(campaign_id)
+        if campaign_id == C2 and stagings.count(C2) == 1:
+            raise SourceUnavailableError("source read failed: terminating connection (injected)")
+        return real(source_url, campaign_id, *args, **kwargs)
+
+    monkeypatch.setattr(assets_module, "stage_export", lose_c2_once)
+    monkeypatch.setattr(assets_module, "RETRY_DELAY_SECONDS", 0)
+    with dg.instance_for_test() as instance:
+        result = _range_run(instance, source, tmp_path)
+        assert result.success
+        assert stagings == [C1, C2, EMPTY, C2]  # the retry exported C2 alone
+        assert set(_materialized(result)) == set(CAMPAIGNS)
+    for campaign_id in CAMPAIGNS:
+        assert len(_snapshots(tmp_path, campaign_id)) == 1
+
+
+def test_a_range_run_of_xlsx_alone_writes_only_xlsx(source, tmp_path):
+    xlsx = dg.AssetKey("campaign_results_xlsx")
+    with dg.instance_for_test() as instance:
+        result = _range_run(instance, source, tmp_path, selection=[xlsx])
+        assert _materialized(result) == {C1: {"campaign_results_xlsx"}, EMPTY: {"campaign_results_xlsx"}}
+        assert not result.get_asset_check_evaluations()  # the CSV's checks were not selected
+    snapshot, = _snapshots(tmp_path, C1)
+    assert (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.xlsx").exists()
+    assert not (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.csv").exists()

@@ -2,8 +2,8 @@
 what it leaves behind is reachable from no latest.json nor manifest, and retention removes it.
 
 (a) the production deployment (dagster-daemon, PostgreSQL storage, the top-level dagster.yaml): a run worker
-    SIGKILLed mid-read is failed by run monitoring (exports_pipeline.run_launcher) and started again by run
-    retries; (b) the `exports-pipeline export` process SIGKILLed mid-read and mid-publication.
+    of two campaigns SIGKILLed while publishing the second is failed by its code server and started again by
+    run retries, which exports what did not publish; (b) the `exports-pipeline export` process SIGKILLed mid-read and mid-publication.
 The read is held by a lock on call_attempts taken from another session. Publication is killed once the new
 snapshot folder appears, at whatever point it has reached by then (an empty folder, some files, .partial-*
 files, or a whole snapshot with its manifest), while the test holds the lock that moving latest.json takes:
@@ -34,7 +34,6 @@ from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
 from exports_pipeline_tests.test_cli import CLI, run_cli
 
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
-SLOT_GRACE_SECONDS = 15  # free_slots_after_run_end_seconds here: long enough to see the dead worker's slot held
 PAST_THE_GRACE = dt.timedelta(hours=25)  # retention's default leftover grace is 24 hours
 
 
@@ -105,10 +104,6 @@ def export_waits_on_the_lock(source_url: str) -> bool:
                             "AND application_name = 'exports-pipeline' AND wait_event_type = 'Lock'").fetchone()[0]
 
 
-def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     """The run worker's pid, from the engine event with which the worker announces itself."""
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
@@ -133,56 +128,47 @@ def finished(d, run_id: str) -> dg.DagsterRun | None:
     return run if run and run.is_finished else None
 
 
-def test_a_run_worker_killed_mid_export_is_failed_by_run_monitoring_retried_and_its_leftovers_removed(tmp_path):
+def test_a_run_worker_killed_mid_batch_leaves_nothing_reachable_and_the_retry_exports_the_rest(tmp_path):
+    """A run of two campaigns: the first is published, the second has uploaded its files and manifest and
+    waits to move latest.json when its worker is killed. Dagster's code server fails the run, run_retries
+    starts it again, and the new run exports only the second campaign, first removing the killed attempt's
+    snapshot of it."""
     temp_dir, home = tmp_path / "tmp", tmp_path / "home"
     temp_dir.mkdir()
     home.mkdir()
-    settings = {"run_monitoring": {"poll_interval_seconds": 1, "free_slots_after_run_end_seconds": SLOT_GRACE_SECONDS}}
-    with running_deployment(home, contacts=2_000, campaigns=2, seed=5, now=SEED_NOW, settings=settings,
+    with running_deployment(home, contacts=2_000, campaigns=2, seed=5, now=SEED_NOW,
                             env={"TMPDIR": str(temp_dir)}) as d:
-        cid = d.campaigns[0]
-        d.instance.add_dynamic_partitions("campaigns", [cid])
-        with attempts_locked(d.source_url):
-            killed_id = launch(d, "export_campaign", **{"dagster/partition": cid})
-            d.wait_for("the export to wait on the lock, mid-read", lambda: export_waits_on_the_lock(d.source_url), 120)
-            worker = worker_pid(d.instance, killed_id)
-            server = parent_pid(worker)
-            assert "grpc" in Path(f"/proc/{server}/cmdline").read_text()  # the code server that started it
-            # The code server notices its own dead children: frozen here, as when it dies with its workers,
-            # only run monitoring can notice.
-            os.kill(server, signal.SIGSTOP)
-            try:
-                os.kill(worker, signal.SIGKILL)
-                killed = d.wait_for("run monitoring to fail the run", lambda: finished(d, killed_id), 60)
-            finally:
-                os.kill(server, signal.SIGCONT)
+        first, second = d.campaigns[:2]
+        d.instance.add_dynamic_partitions("campaigns", [first, second])
+        (d.exports / f"campaign_id={second}").mkdir(parents=True)
+        with latest_json_locked(d.exports, second):
+            killed_id = launch(d, "export_campaign", **{"dagster/asset_partition_range_start": first,
+                                                        "dagster/asset_partition_range_end": second})
+            d.wait_for("the second campaign's manifest, its publication waiting for latest.json", lambda: list(
+                (d.exports / f"campaign_id={second}").glob("*/manifest.json")), 180)
+            os.kill(worker_pid(d.instance, killed_id), signal.SIGKILL)
+            killed = d.wait_for("the code server to fail the run", lambda: finished(d, killed_id), 120)
         assert killed.status == dg.DagsterRunStatus.FAILURE
-        failure, = d.instance.all_logs(killed_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        assert f"run worker process {worker} is gone" in failure.message
-        # Dagster does not give back a dead worker's pool slot until free_slots_after_run_end_seconds after the run
-        # ended (a test slowed down past that point sees it freed already).
-        held = killed_id in d.instance.event_log_storage.get_concurrency_info("source_database").active_run_ids
-        assert held or time.time() - d.instance.get_run_record_by_id(killed_id).end_time > SLOT_GRACE_SECONDS
-
         retry = d.wait_for("run retries to start the run again and finish", lambda: next(
             (r for r in d.runs(**{"dagster/parent_run_id": killed_id}) if r.is_finished), None), 180)
         assert retry.status == dg.DagsterRunStatus.SUCCESS, d.daemon_log.read_text(errors="replace")[-3000:]
-        assert (retry.tags["dagster/retry_number"], retry.tags["campaign_id"]) == ("1", cid)
-        manifest = verified_latest(d.exports, cid)
-        assert manifest["run_id"] == retry.run_id
-        assert snapshot_folders(d.exports, cid) == {manifest["snapshot"]}  # the killed attempt published nothing
+
+        published_first = verified_latest(d.exports, first)
+        assert published_first["run_id"] == killed_id  # published before the kill, not exported again
+        assert snapshot_folders(d.exports, first) == {published_first["snapshot"]}
+        published_second = verified_latest(d.exports, second)
+        assert published_second["run_id"] == retry.run_id
+        assert snapshot_folders(d.exports, second) == {published_second["snapshot"]}  # the killed one's is gone
+        materialized = {e.dagster_event.partition for e in d.instance.all_logs(
+            retry.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+        assert materialized == {second}
 
         leftover, = staging_leftovers(temp_dir)  # the killed worker's staging (the retry removed its own)
-        assert (leftover / "buckets").is_dir()  # killed while spilling rows
         age([leftover], by=PAST_THE_GRACE)
-        published = {o.key for o in LocalDestination(d.exports).list("")}
         cleanup = launch(d, "export_retention")
         assert d.wait_for("the retention run", lambda: finished(d, cleanup), 120).is_success
         assert staging_leftovers(temp_dir) == []
-        assert {o.key for o in LocalDestination(d.exports).list("")} == published
-        assert verified_latest(d.exports, cid) == manifest
-        d.wait_for("the dead worker's pool slot to be freed", lambda: not d.instance.event_log_storage
-                   .get_concurrency_info("source_database").active_run_ids, 60)
+        assert verified_latest(d.exports, second) == published_second
 
 
 @pytest.mark.parametrize("phase, contacts", [("read", 2_000), ("publication", 100_000)])

@@ -84,12 +84,14 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
     from exports_pipeline.definitions import defs
     from exports_pipeline.defs.config import ExportRunConfig
     from exports_pipeline.defs.partitions import campaigns_partitions
+    from exports_pipeline.run_tags import export_run_tags
 
     cid = parse_campaign_id(campaign_id)
     ExportRunConfig(**config).to_options()  # bad options fail here, before any work
     with open_source(locations.source_url) as source:
-        if source.campaign(cid) is None:
-            raise CampaignNotFoundError(f"campaign {cid} is not in the source")
+        campaign = source.campaign(cid)
+    if campaign is None:
+        raise CampaignNotFoundError(f"campaign {cid} is not in the source")
     _use_locations(locations)
     with _instance_setup_lock():
         instance = _instance()
@@ -97,7 +99,7 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
             instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
     result = defs.resolve_job_def("export_campaign").execute_in_process(
         run_config={"ops": {"campaign_export": {"config": config}}}, instance=instance, partition_key=cid,
-        tags={"campaign_id": cid, "trigger": trigger, "formats": ",".join(config["formats"])},
+        tags=export_run_tags(cid, trigger, config["formats"], campaign.name),
         raise_on_error=False)
     if not result.success:
         failure = result.failure_data_for_node("campaign_export")

@@ -11,6 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from exports_pipeline.core.catalog import open_catalog
+from exports_pipeline.run_tags import campaign_name_tag
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
 
@@ -44,6 +46,10 @@ def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
     campaigns = {p.parent.name.removeprefix("campaign_id=") for p in latest_files}
     assert len(runs) == 2 * len(campaigns) and all(r.is_success for r in runs)
     assert {r.tags["campaign_id"] for r in runs} == campaigns and {r.tags["trigger"] for r in runs} == {"manual"}
+    with open_catalog(f"sqlite:///{tmp_path / 'demo' / 'source.sqlite'}") as catalog:
+        names = catalog.names(sorted(campaigns))
+    assert all({"campaign_name": r.tags["campaign_name"]} == campaign_name_tag(names[r.tags["campaign_id"]])
+               for r in runs)
 
 
 def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):

@@ -40,6 +40,7 @@ Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
 @dataclass(frozen=True)
 class CampaignRow:
     id: str
+    name: str
     status: str
     created_at: datetime
     updated_at: datetime
@@ -89,6 +90,10 @@ class Catalog(ClosingReader):
     def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
         """SourceReader.fingerprint of each of these campaigns that exists (others are left out)."""
 
+    @abstractmethod
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        """The name of each of these campaigns that exists (others are left out)."""
+
 
 def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
     scheme = urlsplit(url).scheme
@@ -105,12 +110,13 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 class PostgresCatalog(Catalog):
-    _COLUMNS = "id::text, status, created_at, updated_at, completed_at"
+    _COLUMNS = "id::text, name, status, created_at, updated_at, completed_at"
 
     def __init__(self, url: str, statement_timeout_ms: int):
         self._url = url
         try:
-            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
+            # connect_timeout: a tick, or a run launch waiting for its name tag, never hangs on a lost host.
+            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10,
                                          options=f"-c statement_timeout={int(statement_timeout_ms)} "
                                                  "-c default_transaction_read_only=on")
         except psycopg.Error as exc:
@@ -128,7 +134,7 @@ class PostgresCatalog(Catalog):
                 f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
 
     def _campaigns(self, sql: str, params: tuple) -> list[CampaignRow]:
-        return [CampaignRow(i, s, _utc(c), _utc(u), _utc(d)) for i, s, c, u, d in self._rows(sql, params)]
+        return [CampaignRow(i, n, s, _utc(c), _utc(u), _utc(d)) for i, n, s, c, u, d in self._rows(sql, params)]
 
     def now(self) -> datetime:
         return _utc(self._rows("SELECT now()", ())[0][0])
@@ -170,29 +176,36 @@ class PostgresCatalog(Catalog):
             "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]})
         return {row[0]: pg_fingerprint_fields(row[1:]) for row in rows}
 
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        rows = self._rows("SELECT id::text, name FROM campaigns WHERE id = ANY(%s::uuid[])",
+                          (canonical_ids(campaign_ids),))
+        return dict(rows)
+
 
 class SqliteCatalog(Catalog):
     def __init__(self, url: str):
         path = sqlite_path(url).resolve()
         if not path.is_file():
             raise ConfigurationError(f"SQLite source {path} does not exist (`exports-pipeline demo` creates the demo)")
-        self._url = url
-        try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-                rows = conn.execute(
-                    "SELECT id, status, created_at, updated_at, completed_at FROM campaigns").fetchall()
-        except sqlite3.Error as exc:
-            raise SourceUnavailableError(f"cannot read SQLite source {path}: {exc}") from None
+        self._url, self._path = url, path
+        rows = self._query("SELECT id, name, status, created_at, updated_at, completed_at FROM campaigns")
         self._campaigns = [self._row(*r) for r in rows]
 
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            with closing(sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)) as conn:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"cannot read SQLite source {self._path}: {exc}") from None
+
     @staticmethod
-    def _row(raw_id, status, created, updated, completed) -> CampaignRow:
+    def _row(raw_id, name, status, created, updated, completed) -> CampaignRow:
         cid = parse_campaign_id(raw_id)
 
         def instant(text, column):
             return parse_iso_timestamp(str(text), "campaigns", column, cid) if text is not None else None
 
-        return CampaignRow(cid, status, instant(created, "created_at"), instant(updated, "updated_at"),
+        return CampaignRow(cid, name, status, instant(created, "created_at"), instant(updated, "updated_at"),
                            instant(completed, "completed_at"))
 
     def close(self) -> None:
@@ -217,3 +230,7 @@ class SqliteCatalog(Catalog):
         known = {r.id for r in self._campaigns}
         with open_source(self._url) as source:
             return {cid: source.fingerprint(cid) for cid in campaign_ids if cid in known}
+
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        wanted = set(campaign_ids)
+        return {r.id: r.name for r in self._campaigns if r.id in wanted}

@@ -1,17 +1,25 @@
-"""The `exports-pipeline` command: demo, export, seed (SPEC section 5).
+"""The `exports-pipeline` command: demo, export, link, seed (SPEC section 5).
 
 Exports run through Dagster (the export_campaign job, in process, on the instance in $DAGSTER_HOME,
-./.dagster_home by default), so the command line and the UI share one run history.
+./.dagster_home by default), so the command line and the UI share one run history. Output for a
+person (a summary per campaign, reported checks, a progress bar on a terminal) goes to stderr; the
+written locations go to stdout, one a line, for scripts. Dagster's event lines go to
+$DAGSTER_HOME/exports-pipeline.log, and to stderr as well with --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
+import logging
 import os
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+from exports_pipeline import __version__
+from exports_pipeline.core.destinations import open_destination
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
@@ -24,16 +32,37 @@ from exports_pipeline.core.sourceurl import (
     resolve_locations,
     sqlite_path,
 )
+from exports_pipeline.core.text import char_width, shorten, single_line
+from exports_pipeline.terminal import ProgressBar
 
 DEMO_CONTACTS = 600
 DEMO_CAMPAIGNS = 4
+EVENT_LOG = "exports-pipeline.log"  # in $DAGSTER_HOME
+EVENT_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # Dagster's console format
+NAME_COLUMNS = 40  # a campaign name's room in summaries
+EMBEDDED_INSTANCE = """\
+# The embedded default instance: run history in this folder (SQLite).
+run_coordinator:  # Dagster's run queue, adding the export tags to runs launched from the UI
+  module: exports_pipeline.run_tags
+  class: ExportRunCoordinator
+concurrency:
+  pools:
+    default_limit: 2  # simultaneous reads of the source database (pool "source_database")
+telemetry:
+  enabled: false  # and no telemetry notice in the middle of the command's output
+"""
+
+
+def _dagster_home() -> Path:
+    """$DAGSTER_HOME, set to ./.dagster_home (absolute) when unset."""
+    return Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
 
 
 @contextmanager
 def _instance_setup_lock():
     """Commands started at once on a new $DAGSTER_HOME would all create its SQLite tables; one at a time
     sets the instance up and registers its partition (the runs themselves go side by side)."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home = _dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".exports-pipeline.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -45,17 +74,10 @@ def _instance():
     written here (the top-level dagster.yaml is the production instance, in PostgreSQL)."""
     import dagster as dg
 
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = _dagster_home()
     config = home / "dagster.yaml"
     if home == Path(".dagster_home").resolve() and not config.exists():
-        config.write_text(
-            "# The embedded default instance: run history in this folder (SQLite).\n"
-            "run_coordinator:  # Dagster's run queue, adding the export tags to runs launched from the UI\n"
-            "  module: exports_pipeline.run_tags\n"
-            "  class: ExportRunCoordinator\n"
-            "concurrency:\n"
-            "  pools:\n"
-            "    default_limit: 2  # simultaneous reads of the source database (pool \"source_database\")\n")
+        config.write_text(EMBEDDED_INSTANCE)
     return dg.DagsterInstance.get()
 
 
@@ -79,9 +101,112 @@ def run_config_for(args: argparse.Namespace) -> dict:
     return config
 
 
-def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str) -> list[str]:
-    """Validate the id, register its partition, run the export job; return the written locations."""
+@dataclass(frozen=True)
+class ExportSummary:
+    """What a person reads about one exported campaign."""
+
+    name: str
+    rows: int | None
+    locations: list[str]
+    seconds: float
+    notes: list[str]  # reported checks that did not pass, one line each
+
+    def lines(self) -> list[str]:
+        rows = f"{self.rows:,} rows, " if self.rows is not None else ""
+        files = f"{len(self.locations)} file{'' if len(self.locations) == 1 else 's'}"
+        head = f"{shorten(single_line(self.name), NAME_COLUMNS, char_width)}: {rows}{files}, {self.seconds:.1f} s"
+        return [head, *(f"  {note}" for note in self.notes)]
+
+
+class RunOutput:
+    """Where a command's export runs report: Dagster's event lines to $DAGSTER_HOME/exports-pipeline.log
+    (and stderr with --verbose), a progress bar while a campaign exports when stderr is a terminal, then
+    one summary per campaign. Use as a context manager: on exit it says where the event lines are."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.log_path = _dagster_home() / EVENT_LOG
+        self.progress: ProgressBar | None = None
+        self._handlers: list[logging.Handler] = [logging.FileHandler(self.log_path, encoding="utf-8", delay=True)]
+        if verbose:
+            self._handlers.append(logging.StreamHandler(sys.stderr))
+        elif sys.stderr.isatty():
+            # A copy of the terminal: while a step runs, Dagster captures stderr into its compute log.
+            self.progress = ProgressBar(open(os.dup(sys.stderr.fileno()), "w", encoding="utf-8", errors="replace"))
+            self._handlers.append(self.progress)
+        for handler in self._handlers:
+            handler.setFormatter(logging.Formatter(EVENT_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
+        self._job = None
+
+    def __enter__(self) -> RunOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.close()
+        if self.progress:
+            self.progress.stream.close()
+        if not self.verbose and self.log_path.exists():
+            print(f"Dagster's event lines: {self.log_path} (--verbose shows them here)", file=sys.stderr)
+
+    def job(self):
+        """The export job with Dagster's console logger replaced by the command's (made once, when needed)."""
+        if self._job is None:
+            self._job = _export_job(self._handlers)
+        return self._job
+
+    def showing(self, name: str):
+        return self.progress.showing(single_line(name)) if self.progress else nullcontext()
+
+    @staticmethod
+    def report(summary: ExportSummary) -> None:
+        print("\n".join(summary.lines()), file=sys.stderr, flush=True)
+        print("\n".join(summary.locations), flush=True)
+
+
+def _export_job(handlers: list[logging.Handler]):
+    """The export job whose "console" logger sends Dagster's event lines to these handlers. Runs name
+    it in their config as `console`, which Dagster's own console logger also accepts: a command-line
+    run re-executed from the UI logs as any other run."""
+    import dagster as dg
+
     from exports_pipeline.definitions import defs
+    from exports_pipeline.run_tags import EXPORT_JOB
+
+    @dg.logger(description="The command line's event lines: its log file, --verbose, the progress bar.")
+    def command_line_events(_context) -> logging.Logger:
+        events = logging.Logger("dagster", logging.DEBUG)
+        for handler in handlers:
+            events.addHandler(handler)
+        return events
+
+    return dg.Definitions.merge(defs, dg.Definitions(loggers={"console": command_line_events})) \
+        .resolve_job_def(EXPORT_JOB)
+
+
+def _failure_message(result) -> str:
+    """What the export raised last (after its retries), without Dagster's wrapping."""
+    failure = result.failure_data_for_node("campaign_export")
+    error = failure.error if failure else None
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "the run failed"
+    kind, _, text = error.message.strip().partition(": ")
+    return text if kind.endswith(error.cls_name) else error.message.strip()
+
+
+def _summary(name: str, result, seconds: float) -> ExportSummary:
+    materializations = result.asset_materializations_for_node("campaign_export")
+    rows = [m.metadata["dagster/row_count"].value for m in materializations if "dagster/row_count" in m.metadata]
+    notes = [e.description for e in result.get_asset_check_evaluations() if not e.passed and e.description]
+    return ExportSummary(name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations],
+                         seconds, notes)
+
+
+def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str,
+                           output: RunOutput) -> ExportSummary:
+    """Validate the id, register its partition, run the export job; return what it wrote."""
     from exports_pipeline.defs.config import ExportRunConfig
     from exports_pipeline.defs.partitions import campaigns_partitions
     from exports_pipeline.run_tags import export_run_tags
@@ -97,26 +222,21 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
         instance = _instance()
         if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
             instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
-    result = defs.resolve_job_def("export_campaign").execute_in_process(
-        run_config={"ops": {"campaign_export": {"config": config}}}, instance=instance, partition_key=cid,
-        tags=export_run_tags(cid, trigger, config["formats"], campaign.name),
-        raise_on_error=False)
+    job, started = output.job(), time.monotonic()  # the time of the run, not of importing the project
+    with output.showing(campaign.name):
+        result = job.execute_in_process(
+            run_config={"ops": {"campaign_export": {"config": config}}, "loggers": {"console": {}}},
+            instance=instance, partition_key=cid, tags=export_run_tags(cid, trigger, config["formats"], campaign.name),
+            raise_on_error=False)
     if not result.success:
-        failure = result.failure_data_for_node("campaign_export")
-        error = failure.error if failure else None
-        while error is not None and error.cause is not None:  # retries ran out: what the export raised last
-            error = error.cause
-        if error is None:
-            raise ExportError("the run failed")
-        kind, _, text = error.message.strip().partition(": ")
-        raise ExportError(text if kind.endswith(error.cls_name) else error.message.strip())
-    return [str(m.metadata["location"].value) for m in result.asset_materializations_for_node("campaign_export")]
+        raise ExportError(_failure_message(result))
+    return _summary(campaign.name, result, time.monotonic() - started)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     locations = resolve_locations()
-    for location in export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual"):
-        print(location)
+    with RunOutput(args.verbose) as output:
+        output.report(export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", output))
     return 0
 
 
@@ -126,21 +246,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     locations = demo_locations(args.dir)
     source_path = sqlite_path(locations.source_url)
     if not source_path.exists():
-        print(f"creating the demo source {source_path}")
+        print(f"creating the demo source {source_path}", file=sys.stderr)
         seed_source(locations.source_url, contacts=DEMO_CONTACTS, campaigns=DEMO_CAMPAIGNS, seed=1)
     with open_source(locations.source_url) as source:
         campaign_ids = source.campaign_ids()
     config = {"formats": list(DEFAULT_FORMATS)}
-    for cid in campaign_ids:
-        for location in export_through_dagster(locations, cid, config, "manual"):
-            print(location)
-    print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
+    with RunOutput(args.verbose) as output:
+        for cid in campaign_ids:
+            output.report(export_through_dagster(locations, cid, config, "manual", output))
+        print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
     return 0
 
 
 def cmd_link(args: argparse.Namespace) -> int:
     """Made here, not in a Dagster run: a link is a read of latest.json plus a local signature."""
-    from exports_pipeline.core.destinations import open_destination
     from exports_pipeline.core.links import latest_link
 
     print(latest_link(open_destination(resolve_locations().destination), args.campaign_id, args.format))
@@ -155,16 +274,32 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exports-pipeline", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _command(commands, name: str, summary: str, func, parents=(), details: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary shows in `exports-pipeline --help` and heads its own --help."""
+    command = commands.add_parser(name, help=summary, description=f"{summary} {details}".strip(),
+                                  parents=list(parents))
+    command.set_defaults(func=func)
+    return command
 
-    demo = commands.add_parser("demo", help="Create the embedded demo source and export every demo campaign.")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exports-pipeline", description="Export call and survey campaign results through Dagster.",
+        epilog="`exports-pipeline COMMAND --help` shows a command's options.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=20))
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("-v", "--verbose", action="store_true",
+                      help=f"Also print Dagster's event lines here (always written to $DAGSTER_HOME/{EVENT_LOG}).")
+
+    demo = _command(commands, "demo", "Create the demo source and export every demo campaign.", cmd_demo,
+                    [runs])
     demo.add_argument("--dir", default=os.environ.get("EXPORTS_DEMO_DIR", "demo"),
                       help="Folder of the demo source and exports (default ./demo).")
-    demo.set_defaults(func=cmd_demo)
 
-    export = commands.add_parser("export", help="Export one campaign through Dagster and print the files written.")
+    export = _command(commands, "export", "Export one campaign through Dagster; print the files written.",
+                      cmd_export, [runs])
     export.add_argument("campaign_id", help="The campaign's UUID.")
     export.add_argument("--format", action="append", choices=FORMATS,
                         help="A file format to write; repeat for several (default: csv and parquet).")
@@ -178,20 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Do not prefix cells starting with = + - @ TAB CR LF with an apostrophe.")
     export.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.")
-    export.set_defaults(func=cmd_export)
 
-    link = commands.add_parser("link", help="Print a download link to the latest export of a campaign "
-                                            "(presigned S3 URL, or the file path for a local destination).")
+    link = _command(commands, "link", "Print a download link to a campaign's latest export.", cmd_link,
+                    details="A presigned S3 URL, or the file's path for a local destination.")
     link.add_argument("campaign_id", help="The campaign's UUID.")
     link.add_argument("--format", choices=FORMATS, default="csv", help="Which file of the snapshot (default csv).")
-    link.set_defaults(func=cmd_link)
 
-    seed = commands.add_parser("seed", help="Generate a synthetic source database (PostgreSQL or SQLite).")
+    seed = _command(commands, "seed", "Generate a synthetic source database (PostgreSQL or SQLite).", cmd_seed)
     seed.add_argument("--url", required=True, help="postgresql://... or sqlite:///path")
     seed.add_argument("--contacts", type=int, required=True, help="Contacts in total.")
     seed.add_argument("--campaigns", type=int, default=1, help="Campaigns (default 1).")
     seed.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
-    seed.set_defaults(func=cmd_seed)
     return parser
 
 

@@ -1,11 +1,16 @@
 """The exports-pipeline command, run as a user runs it: a process, from a temporary folder."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import dagster as dg
@@ -52,14 +57,86 @@ def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
                for r in runs)
 
 
+def test_demo_prints_a_short_summary_per_campaign_and_keeps_dagster_events_in_a_log_file(tmp_path):
+    result = run_cli(["demo"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out, err = result.stdout.splitlines(), result.stderr.splitlines()
+    assert len(out) + len(err) <= 40
+    exports = tmp_path / "demo" / "exports"
+    with open_catalog(f"sqlite:///{tmp_path / 'demo' / 'source.sqlite'}") as catalog:
+        names = catalog.names(catalog.ids_after(None, 10))
+    assert len(names) == 4
+    log = tmp_path / ".dagster_home" / "exports-pipeline.log"
+    assert err[0] == f"creating the demo source {tmp_path / 'demo' / 'source.sqlite'}"
+    assert err[-1] == f"Dagster's event lines: {log} (--verbose shows them here)"
+    summaries = [line for line in err[1:-1] if not line.startswith("  ")]
+    notes = [line.strip() for line in err[1:-1] if line.startswith("  ")]
+    for cid, name in names.items():  # name, rows, files, time; the files' locations on stdout
+        folder = exports / f"campaign_id={cid}"
+        latest = json.loads((folder / "latest.json").read_text())
+        rows = json.loads((exports / latest["manifest"]).read_text())["files"][0]["rows"]
+        summary = next(line for line in summaries if line.startswith(name + ": "))
+        assert re.fullmatch(rf"{re.escape(name)}: {rows:,} rows, 3 files, \d+\.\d s", summary)
+        assert {str(folder / latest["snapshot"] / file) for file in ("campaign_results.csv", "campaign_results.parquet",
+                                                                     "campaign_stats.json")} <= set(out)
+    assert len(summaries) == 4 and out[-1] == f"exported 4 demo campaigns to {exports}" and len(out) == 13
+    # The seeded awkward phone numbers and a transcript that is not an object: reported, each on one line.
+    assert notes and all(note.endswith("(reported, not blocking)") for note in notes)
+    assert any(re.fullmatch(r"\d+ phone numbers are not E\.164, [\d.]+% of rows \(reported, not blocking\)", n)
+               for n in notes)
+    assert " - dagster - " not in result.stderr and "Telemetry" not in result.stderr
+    assert "RUN_SUCCESS" in log.read_text()
+
+
 def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):
     awkward.load(pg_url)
-    result = run_cli(["export", C1, "--format", "csv"], tmp_path, EXPORTS_SOURCE_URL=pg_url,
-                     EXPORTS_DESTINATION=str(tmp_path / "out"))
+    env = {"EXPORTS_SOURCE_URL": pg_url, "EXPORTS_DESTINATION": str(tmp_path / "out")}
+    result = run_cli(["export", C1, "--format", "csv"], tmp_path, **env)
     assert result.returncode == 0, result.stderr
-    printed = result.stdout.strip().splitlines()
+    printed = result.stdout.strip().splitlines()  # the locations alone, for scripts
     assert [Path(p).name for p in printed] == ["campaign_results.csv", "campaign_stats.json"]
     assert Path(printed[0]).read_bytes() == awkward.expected_csv()
+    summary, *notes, log_line = result.stderr.splitlines()
+    assert re.fullmatch(r'Spring, "promo" line: 4 rows, 2 files, \d+\.\d s', summary)
+    assert notes == ["  row anomalies: 1 call attempt of another campaign's contact, 1 answer of another campaign's "
+                     "contact, 2 answers to no question, 1 transcript not a JSON object, 1 transcript text not a "
+                     "string (reported, not blocking)",
+                     "  3 phone numbers are not E.164, 75.0% of rows (reported, not blocking)"]
+    assert log_line.startswith("Dagster's event lines: ")
+
+    verbose = run_cli(["export", C1, "--format", "csv", "--verbose"], tmp_path, **env)
+    assert verbose.returncode == 0 and " - dagster - DEBUG - export_campaign - " in verbose.stderr
+    assert "RUN_SUCCESS" in verbose.stderr and len(verbose.stdout.splitlines()) == 2
+
+
+def test_a_long_export_on_a_terminal_shows_a_progress_bar_then_only_the_summary(pg_url, tmp_path):
+    awkward.load(pg_url)
+    terminal, stderr = pty.openpty()
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    process = subprocess.Popen([CLI, "export", C1, "--format", "csv"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=stderr, env={**environ, "EXPORTS_SOURCE_URL": pg_url,
+                                                   "EXPORTS_DESTINATION": str(tmp_path / "out")})
+    os.close(stderr)
+    shown = b""
+    while chunk := _read(terminal):
+        shown += chunk
+    assert process.wait(timeout=300) == 0
+    os.close(terminal)
+    screen = shown.decode()
+    bar = re.search(r"\r\x1b\[KSpring, \"promo\" line  \[#{24}\] 100%  4 of 4 rows  \d+ s", screen)
+    assert bar, repr(screen)
+    after = screen[bar.end():]  # the bar is erased, then the same summary as without a terminal
+    assert re.match(r'\r\x1b\[KSpring, "promo" line: 4 rows, 2 files, \d+\.\d s\r\n', after), repr(after)
+    assert "\x1b" not in after[len("\r\x1b[K"):]
+
+
+def _read(fd: int) -> bytes:
+    """What the terminal shows next; empty once the command has exited and closed it."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: no process holds the terminal any more
+        return b""
 
 
 @pytest.mark.parametrize("present, missing", [("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION"),
@@ -84,7 +161,16 @@ def test_export_of_a_bad_id_fails_without_writing_or_registering(pg_url, tmp_pat
     assert not (tmp_path / ".dagster_home").exists()  # no instance touched, so no partition registered
 
 
-def test_help_for_every_command(tmp_path):
-    for command in ("demo", "export", "seed"):
-        result = run_cli([command, "--help"], tmp_path)
-        assert result.returncode == 0 and "usage: exports-pipeline" in result.stdout
+COMMANDS = ("demo", "export", "link", "seed")
+
+
+def test_help_lists_every_command_with_a_one_line_summary(tmp_path):
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    listed = dict(re.findall(r"^    (\w+) +(\S.*)$", result.stdout, re.MULTILINE))
+    assert tuple(listed) == COMMANDS and all(len(summary) > 20 for summary in listed.values())
+    for command in COMMANDS:
+        own = run_cli([command, "--help"], tmp_path)
+        assert own.returncode == 0 and own.stdout.startswith(f"usage: exports-pipeline {command}")
+        assert listed[command] in " ".join(own.stdout.split())  # the summary heads the command's own help
+

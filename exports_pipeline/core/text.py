@@ -27,6 +27,13 @@ def _drawn_with_previous(char: str) -> bool:
             or char in _VARIATION_SELECTORS or _SKIN_TONES[0] <= char <= _SKIN_TONES[1])
 
 
+def char_width(char: str) -> int:
+    """Terminal columns of a character: none for what is drawn with the previous one, 2 for wide ones."""
+    if _drawn_with_previous(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
 def shorten(text: str, limit: int, measure: Callable[[str], int] = lambda char: 1) -> str:
     """The text if it measures at most limit (code points by default), else its longest start that fits
     with an ellipsis, never cut between a character and what is drawn with it (an accent, an emoji's

@@ -1,4 +1,4 @@
-"""The `exports-pipeline` command: demo, export, link, seed (SPEC section 5).
+"""The `exports-pipeline` command: demo, export, campaigns, link, seed (SPEC section 5).
 
 Exports run through Dagster (the export_campaign job, in process, on the instance in $DAGSTER_HOME,
 ./.dagster_home by default), so the command line and the UI share one run history. Output for a
@@ -14,15 +14,18 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from exports_pipeline import __version__
-from exports_pipeline.core.destinations import open_destination
+from exports_pipeline.core.catalog import CAMPAIGN_STATUSES, SearchPage, open_catalog
+from exports_pipeline.core.destinations import Destination, open_destination
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
+from exports_pipeline.core.publish import campaign_prefix, read_latest
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import (
     DESTINATION_ENV,
@@ -33,13 +36,15 @@ from exports_pipeline.core.sourceurl import (
     sqlite_path,
 )
 from exports_pipeline.core.text import char_width, shorten, single_line
-from exports_pipeline.terminal import ProgressBar
+from exports_pipeline.terminal import ProgressBar, table
 
 DEMO_CONTACTS = 600
 DEMO_CAMPAIGNS = 4
 EVENT_LOG = "exports-pipeline.log"  # in $DAGSTER_HOME
 EVENT_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # Dagster's console format
-NAME_COLUMNS = 40  # a campaign name's room in summaries
+NAME_COLUMNS = 40  # a campaign name's room in summaries and tables
+LIST_LIMIT = 50
+LATEST_READERS = 16  # latest.json reads in flight (an S3 round trip each)
 EMBEDDED_INSTANCE = """\
 # The embedded default instance: run history in this folder (SQLite).
 run_coordinator:  # Dagster's run queue, adding the export tags to runs launched from the UI
@@ -258,6 +263,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latest_snapshots(destination: Destination, campaign_ids: list[str]) -> list[dict | None]:
+    """latest.json of each campaign (None: never exported), read side by side."""
+    with ThreadPoolExecutor(LATEST_READERS) as pool:
+        return list(pool.map(lambda cid: read_latest(destination, cid), campaign_ids))
+
+
+def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Destination) -> list[str]:
+    """The listing as a table, then how many campaigns match."""
+    rows = [[c.id, shorten(single_line(c.name), NAME_COLUMNS, char_width), c.status, f"{c.contacts:,}",
+             pointer["snapshot"] if pointer else "-",
+             destination.location(f"{campaign_prefix(c.id)}/{pointer['snapshot']}") if pointer else "-"]
+            for c, pointer in zip(page.campaigns, latest)]
+    shown, total = len(rows), page.total
+    if not total:
+        return ["no campaign matches"]
+    footer = (f"{total:,} campaign{'' if total == 1 else 's'}" if shown == total else
+              f"{shown:,} of {total:,} campaigns shown: narrow with --search or --status, or raise --limit")
+    return [*table(["ID", "NAME", "STATUS", "CONTACTS", "LATEST SNAPSHOT", "LOCATION"], rows, frozenset({3})), footer]
+
+
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """Read here, not in a Dagster run: a page of the source's campaigns and their latest.json."""
+    locations = resolve_locations()
+    with open_catalog(locations.source_url) as catalog:
+        page = catalog.search(args.search, args.status, args.limit)
+    destination = open_destination(locations.destination)
+    latest = _latest_snapshots(destination, [c.id for c in page.campaigns])
+    print("\n".join(campaign_lines(page, latest, destination)))
+    return 0
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     """Made here, not in a Dagster run: a link is a read of latest.json plus a local signature."""
     from exports_pipeline.core.links import latest_link
@@ -272,6 +308,13 @@ def cmd_seed(args: argparse.Namespace) -> int:
     for cid in seed_source(args.url, contacts=args.contacts, campaigns=args.campaigns, seed=args.seed):
         print(cid)
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
 
 def _command(commands, name: str, summary: str, func, parents=(), details: str = "") -> argparse.ArgumentParser:
@@ -313,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Do not prefix cells starting with = + - @ TAB CR LF with an apostrophe.")
     export.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.")
+
+    campaigns = _command(commands, "campaigns", "List campaigns: status, contacts, latest export.",
+                         cmd_campaigns)
+    campaigns.add_argument("--search", metavar="TEXT", help="Only campaigns whose name or id contains TEXT (any case).")
+    campaigns.add_argument("--status", choices=CAMPAIGN_STATUSES, help="Only campaigns in this status.")
+    campaigns.add_argument("--limit", type=_positive, default=LIST_LIMIT,
+                           help=f"Campaigns listed at most, by name (default {LIST_LIMIT}).")
 
     link = _command(commands, "link", "Print a download link to a campaign's latest export.", cmd_link,
                     details="A presigned S3 URL, or the file's path for a local destination.")

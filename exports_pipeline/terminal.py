@@ -1,4 +1,4 @@
-"""What the command line draws for a person: a progress bar while a campaign exports.
+"""What the command line draws for a person: a progress bar while a campaign exports, aligned tables.
 
 Standard library only. The bar listens to the export's own progress messages ("N of M rows written",
 logged by the asset every few seconds while it writes) through the command's Dagster logger, so the
@@ -11,11 +11,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-from exports_pipeline.core.text import char_width, shorten
+from exports_pipeline.core.text import char_width, shorten, text_width
 
 PROGRESS_MESSAGE = re.compile(r"([\d,]+) of ([\d,]+) rows written")
 BAR_CELLS = 24
@@ -79,3 +79,17 @@ class ProgressBar(logging.Handler):
         except OSError:
             return DEFAULT_COLUMNS
 
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Lines of aligned columns, measured in terminal columns so that CJK and emoji names line up;
+    the columns numbered in right (numbers) are aligned right, the last column is not padded."""
+    widths = [max(text_width(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def pad(cell: str, index: int) -> str:
+        room = " " * (widths[index] - text_width(cell))
+        return room + cell if index in right else cell + room
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join([*(pad(cell, i) for i, cell in enumerate(cells[:-1])), cells[-1]]).rstrip()
+
+    return [line(headers), *map(line, rows)]

@@ -11,12 +11,15 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
-from exports_pipeline.core.catalog import open_catalog
+from exports_pipeline.core.catalog import CAMPAIGN_STATUSES, open_catalog
+from exports_pipeline.core.seed import create_source_schema
 from exports_pipeline.run_tags import campaign_name_tag
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
@@ -29,6 +32,13 @@ def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
                if k not in ("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION", "DAGSTER_HOME", "EXPORTS_DEMO_DIR")}
     environ.update(env)
     return subprocess.run([CLI, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The rows of the campaigns table (between its header and its count), split into cells."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATUS", "CONTACTS", "LATEST", "SNAPSHOT", "LOCATION"]
+    return [re.split(r"\s{2,}", line) for line in lines[1:-1]]
 
 
 def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
@@ -86,6 +96,31 @@ def test_demo_prints_a_short_summary_per_campaign_and_keeps_dagster_events_in_a_
                for n in notes)
     assert " - dagster - " not in result.stderr and "Telemetry" not in result.stderr
     assert "RUN_SUCCESS" in log.read_text()
+
+
+def test_campaigns_lists_the_demo_campaigns_with_their_latest_snapshot(tmp_path):
+    assert run_cli(["demo"], tmp_path).returncode == 0
+    exports = tmp_path / "demo" / "exports"
+    with open_catalog(f"sqlite:///{tmp_path / 'demo' / 'source.sqlite'}") as catalog:
+        campaigns = {c.id: c for c in catalog.search(None, None, 10).campaigns}
+    listed = run_cli(["campaigns"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = table_rows(listed.stdout)
+    assert listed.stdout.splitlines()[-1] == "4 campaigns" and len(rows) == 4
+    for cid, name, status, contacts, snapshot, location in rows:
+        folder = exports / f"campaign_id={cid}"
+        assert snapshot == json.loads((folder / "latest.json").read_text())["snapshot"]
+        assert location == str(folder / snapshot) and (folder / snapshot / "manifest.json").is_file()
+        assert (name, status, contacts) == (campaigns[cid].name, campaigns[cid].status, f"{campaigns[cid].contacts:,}")
+
+    tokyo = next(c for c in campaigns.values() if c.name.startswith("東京"))
+    for search in (["--search", "CUSTOMER CHECK"], ["--search", tokyo.id[9:18].upper()]):
+        found = run_cli(["campaigns", *search], tmp_path)
+        assert [row[0] for row in table_rows(found.stdout)] == [tokyo.id], found.stdout
+    by_status = run_cli(["campaigns", "--status", tokyo.status], tmp_path)
+    assert {row[0] for row in table_rows(by_status.stdout)} == {c.id for c in campaigns.values()
+                                                                if c.status == tokyo.status}
+    assert run_cli(["campaigns", "--search", "no such campaign"], tmp_path).stdout == "no campaign matches\n"
 
 
 def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):
@@ -161,7 +196,7 @@ def test_export_of_a_bad_id_fails_without_writing_or_registering(pg_url, tmp_pat
     assert not (tmp_path / ".dagster_home").exists()  # no instance touched, so no partition registered
 
 
-COMMANDS = ("demo", "export", "link", "seed")
+COMMANDS = ("demo", "export", "campaigns", "link", "seed")
 
 
 def test_help_lists_every_command_with_a_one_line_summary(tmp_path):
@@ -174,3 +209,67 @@ def test_help_lists_every_command_with_a_one_line_summary(tmp_path):
         assert own.returncode == 0 and own.stdout.startswith(f"usage: exports-pipeline {command}")
         assert listed[command] in " ".join(own.stdout.split())  # the summary heads the command's own help
 
+
+def test_campaigns_finds_any_part_of_a_name_or_id_among_50000(pg_url, tmp_path, capsys):
+    """Seeded with generate_series; the expected matches come from every row, read back and filtered here."""
+    create_source_schema(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) "
+            "SELECT md5('c' || g)::uuid, CASE WHEN g %% 1000 = 0 THEN 'Spring Survey ' || g "
+            "                                 WHEN g %% 997 = 0 THEN 'Autumn SPRING survey (copy) ' || g "
+            "                                 ELSE 'Campaign ' || g END, "
+            "       md5('o' || g)::uuid, (%s::text[])[g %% 6 + 1], now(), now() FROM generate_series(1, 49996) g",
+            (list(CAMPAIGN_STATUSES),))
+        conn.execute("INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) VALUES "
+                     "(gen_random_uuid(), '100% done', gen_random_uuid(), 'running', now(), now()), "
+                     "(gen_random_uuid(), '1000 done', gen_random_uuid(), 'running', now(), now()), "
+                     "(gen_random_uuid(), 'snake_case', gen_random_uuid(), 'running', now(), now()), "
+                     "(gen_random_uuid(), 'snakeXcase', gen_random_uuid(), 'running', now(), now())")
+        conn.execute(  # Spring Survey N has N / 1000 contacts
+            "INSERT INTO contacts (id, campaign_id, phone_number, state, attempt_count, created_at, updated_at) "
+            "SELECT gen_random_uuid(), c.id, '+15550000000', 'pending', 0, now(), now() "
+            "FROM campaigns c JOIN generate_series(1, 50) k ON k <= split_part(c.name, ' ', 3)::int / 1000 "
+            "WHERE c.name LIKE 'Spring Survey %'")
+        everything = conn.execute("SELECT id::text, name, status FROM campaigns").fetchall()
+    assert len(everything) == 50_000
+
+    def expected(text: str, status: str | None = None) -> list[tuple[str, str, str]]:
+        return sorted((row for row in everything if (text.casefold() in row[1].casefold() or text.lower() in row[0])
+                       and status in (None, row[2])), key=lambda row: (row[1].lower(), row[0]))
+
+    some_id = everything[12_345][0]
+    searches = [("spring SURVEY", None, 10), ("Spring survey", "running", 100), (some_id.upper(), None, 5),
+                (some_id[9:23], None, 5), ("100%", None, 5), ("snake_", None, 5), ("", "paused", 3)]
+    timings = []
+    with open_catalog(pg_url) as catalog:
+        for text, status, limit in searches:
+            started = time.perf_counter()
+            page = catalog.search(text, status, limit)
+            timings.append(time.perf_counter() - started)
+            matches = expected(text, status)
+            assert page.total == len(matches) and page.total > 0
+            assert [(c.id, c.name, c.status) for c in page.campaigns] == matches[:limit]
+            assert all(c.contacts == (int(c.name.split()[2]) // 1000 if c.name.startswith("Spring Survey ") else 0)
+                       for c in page.campaigns)
+    assert [c.name for c in catalog_page(pg_url, "100%")] == ["100% done"]  # LIKE's own characters match themselves
+    assert [c.name for c in catalog_page(pg_url, "snake_")] == ["snake_case"]
+
+    started = time.perf_counter()
+    listed = run_cli(["campaigns", "--search", "spring SURVEY", "--limit", "3"], tmp_path, EXPORTS_SOURCE_URL=pg_url,
+                     EXPORTS_DESTINATION=str(tmp_path / "out"))
+    command_seconds = time.perf_counter() - started
+    assert listed.returncode == 0, listed.stderr
+    first = expected("spring SURVEY")[:3]
+    assert [row[:3] for row in table_rows(listed.stdout)] == [list(row) for row in first]
+    assert all(row[4:] == ["-", "-"] for row in table_rows(listed.stdout))  # never exported
+    assert listed.stdout.splitlines()[-1] == (f"3 of {len(expected('spring SURVEY'))} campaigns shown: "
+                                              "narrow with --search or --status, or raise --limit")
+    with capsys.disabled():  # measured, not asserted: the suite shares the machine
+        print(f"\ncampaigns search at 50,000 campaigns: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}; "
+              f"the command: {command_seconds:.2f} s")
+
+
+def catalog_page(url: str, text: str):
+    with open_catalog(url) as catalog:
+        return catalog.search(text, None, 10).campaigns

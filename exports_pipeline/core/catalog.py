@@ -10,9 +10,15 @@ campaigns table is read whole and paged in Python, because its ids and timestamp
 
 Fingerprints (SPEC section 5) for many campaigns: one set-based query per page of ids in PostgreSQL,
 giving exactly what SourceReader.fingerprint gives per campaign; SQLite delegates to SourceReader.
+
+Search (the `campaigns` command): any part of the name or id, case-insensitive. PostgreSQL: one ILIKE
+scan of the campaigns table (tens of thousands of rows: milliseconds, no extension or index needed),
+sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
+SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from abc import abstractmethod
 from contextlib import closing
@@ -35,6 +41,7 @@ from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
 Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
+CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,26 @@ class CampaignRow:
     @property
     def updated_position(self) -> Position:
         return self.updated_at, self.id
+
+
+@dataclass(frozen=True)
+class CampaignMatch:
+    id: str
+    name: str
+    status: str
+    contacts: int
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    campaigns: list[CampaignMatch]  # sorted by name (any case), then id
+    total: int  # every campaign that matches, listed or not
+
+
+def _like_pattern(text: str | None) -> str:
+    """An ILIKE pattern for text anywhere in a value; LIKE's own characters in it match themselves."""
+    escaped = re.sub(r"([\\%_])", r"\\\1", text or "")
+    return f"%{escaped}%"
 
 
 def canonical_ids(keys) -> list[str]:
@@ -93,6 +120,11 @@ class Catalog(ClosingReader):
     @abstractmethod
     def names(self, campaign_ids: list[str]) -> dict[str, str]:
         """The name of each of these campaigns that exists (others are left out)."""
+
+    @abstractmethod
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        """Campaigns whose name or id contains text (any case; all when None), in this status (any when
+        None): the first limit by name (any case) then id, with their contacts counted, and how many match."""
 
 
 def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
@@ -181,6 +213,18 @@ class PostgresCatalog(Catalog):
                           (canonical_ids(campaign_ids),))
         return dict(rows)
 
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        # The window count is taken over every match before LIMIT; the correlated count runs for the page only.
+        rows = self._rows(
+            "SELECT p.id::text, p.name, p.status, (SELECT count(*) FROM contacts ct WHERE ct.campaign_id = p.id), "
+            "       p.total "
+            "FROM (SELECT id, name, status, count(*) OVER () AS total FROM campaigns "
+            "      WHERE (name ILIKE %(pattern)s OR id::text ILIKE %(pattern)s) "
+            "        AND (%(status)s::text IS NULL OR status = %(status)s) "
+            "      ORDER BY lower(name), id LIMIT %(limit)s) p "
+            "ORDER BY lower(p.name), p.id", {"pattern": _like_pattern(text), "status": status, "limit": limit})
+        return SearchPage([CampaignMatch(*row[:4]) for row in rows], rows[0][4] if rows else 0)
+
 
 class SqliteCatalog(Catalog):
     def __init__(self, url: str):
@@ -234,3 +278,21 @@ class SqliteCatalog(Catalog):
     def names(self, campaign_ids: list[str]) -> dict[str, str]:
         wanted = set(campaign_ids)
         return {r.id: r.name for r in self._campaigns if r.id in wanted}
+
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        needle = (text or "").casefold()
+        matches = sorted((r for r in self._campaigns if status in (None, r.status)
+                          and (needle in r.name.casefold() or needle in r.id)), key=lambda r: (r.name.lower(), r.id))
+        counts = self._contact_counts([r.id for r in matches[:limit]])
+        return SearchPage([CampaignMatch(r.id, r.name, r.status, counts.get(r.id, 0)) for r in matches[:limit]],
+                          len(matches))
+
+    def _contact_counts(self, campaign_ids: list[str]) -> dict[str, int]:
+        """Contacts of these campaigns, whatever the case and hyphens of the ids stored in contacts."""
+        by_hex = {cid.replace("-", ""): cid for cid in campaign_ids}
+        if not by_hex:
+            return {}
+        rows = self._query("SELECT lower(replace(campaign_id, '-', '')), count(*) FROM contacts "
+                           f"WHERE lower(replace(campaign_id, '-', '')) IN ({', '.join('?' * len(by_hex))}) "
+                           "GROUP BY 1", tuple(by_hex))
+        return {by_hex[key]: count for key, count in rows}

@@ -34,6 +34,11 @@ def char_width(char: str) -> int:
     return 2 if unicodedata.east_asian_width(char) in "WF" else 1
 
 
+def text_width(text: str) -> int:
+    """Terminal columns a text takes."""
+    return sum(map(char_width, text))
+
+
 def shorten(text: str, limit: int, measure: Callable[[str], int] = lambda char: 1) -> str:
     """The text if it measures at most limit (code points by default), else its longest start that fits
     with an ellipsis, never cut between a character and what is drawn with it (an accent, an emoji's

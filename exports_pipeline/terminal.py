@@ -24,9 +24,9 @@ DEFAULT_COLUMNS = 80  # a terminal that does not tell its size
 
 
 class ProgressBar(logging.Handler):
-    """One line on a terminal while a campaign exports: its name, a bar once rows are being written
-    (before that, the source is being read), and the time so far. Redrawn every second and at each
-    progress message; erased when the campaign is done, so that only the summaries stay."""
+    """One line on a terminal while a campaign exports: its name, a bar once the export reports rows
+    written (before that, "exporting"), and the time so far. Redrawn every second and at each progress
+    message; erased when the campaign is done, so that only the summaries stay."""
 
     def __init__(self, stream: TextIO, tick_seconds: float = 1.0):
         super().__init__(logging.INFO)
@@ -62,7 +62,7 @@ class ProgressBar(logging.Handler):
             self._draw()
 
     def _draw(self) -> None:
-        state = "reading the source"
+        state = "exporting"
         if self.total:
             filled = BAR_CELLS * self.done // self.total
             state = (f"[{'#' * filled}{'-' * (BAR_CELLS - filled)}] {self.done * 100 // self.total:3d}%  "

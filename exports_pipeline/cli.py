@@ -1,20 +1,31 @@
-"""The `exports-pipeline` command: demo, export, seed (SPEC section 5).
+"""The `exports-pipeline` command: demo, export, campaigns, link, seed (SPEC section 5).
 
 Exports run through Dagster (the export_campaign job, in process, on the instance in $DAGSTER_HOME,
-./.dagster_home by default), so the command line and the UI share one run history.
+./.dagster_home by default), so the command line and the UI share one run history. Output for a
+person (a summary per campaign, reported checks, a progress bar on a terminal) goes to stderr; the
+written locations go to stdout, one a line, for scripts. Dagster's event lines go to
+$DAGSTER_HOME/exports-pipeline.log, and to stderr as well with --verbose.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
+import logging
 import os
 import sys
-from contextlib import contextmanager
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+from exports_pipeline import __version__
+from exports_pipeline.core.catalog import CAMPAIGN_STATUSES, SearchPage, open_catalog
+from exports_pipeline.core.destinations import Destination, open_destination
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
+from exports_pipeline.core.publish import campaign_prefix, read_latest
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import (
     DESTINATION_ENV,
@@ -24,16 +35,36 @@ from exports_pipeline.core.sourceurl import (
     resolve_locations,
     sqlite_path,
 )
+from exports_pipeline.core.text import char_width, shorten, single_line
+from exports_pipeline.terminal import ProgressBar, table
 
 DEMO_CONTACTS = 600
 DEMO_CAMPAIGNS = 4
+EVENT_LOG = "exports-pipeline.log"  # in $DAGSTER_HOME
+EVENT_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # Dagster's console format
+NAME_COLUMNS = 40  # a campaign name's room in summaries and tables
+LIST_LIMIT = 50
+LATEST_READERS = 16  # latest.json reads in flight (an S3 round trip each)
+EMBEDDED_INSTANCE = """\
+# The embedded default instance: run history in this folder (SQLite).
+concurrency:
+  pools:
+    default_limit: 2  # simultaneous reads of the source database (pool "source_database")
+telemetry:
+  enabled: false  # and no telemetry notice in the middle of the command's output
+"""
+
+
+def _dagster_home() -> Path:
+    """$DAGSTER_HOME, set to ./.dagster_home (absolute) when unset."""
+    return Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
 
 
 @contextmanager
 def _instance_setup_lock():
     """Commands started at once on a new $DAGSTER_HOME would all create its SQLite tables; one at a time
     sets the instance up and registers its partition (the runs themselves go side by side)."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
+    home = _dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".exports-pipeline.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -45,17 +76,10 @@ def _instance():
     written here (the top-level dagster.yaml is the production instance, in PostgreSQL)."""
     import dagster as dg
 
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = _dagster_home()
     config = home / "dagster.yaml"
     if home == Path(".dagster_home").resolve() and not config.exists():
-        config.write_text(
-            "# The embedded default instance: run history in this folder (SQLite).\n"
-            "run_coordinator:  # Dagster's run queue, adding the export tags to runs launched from the UI\n"
-            "  module: exports_pipeline.run_tags\n"
-            "  class: ExportRunCoordinator\n"
-            "concurrency:\n"
-            "  pools:\n"
-            "    default_limit: 2  # simultaneous reads of the source database (pool \"source_database\")\n")
+        config.write_text(EMBEDDED_INSTANCE)
     return dg.DagsterInstance.get()
 
 
@@ -78,56 +102,155 @@ def run_config_for(args: argparse.Namespace) -> dict:
     return config
 
 
-def _export_job(formats: tuple[str, ...]):
-    """The export job for the default files; other files: Dagster's job of every asset, with their selection
-    (the formats map to assets exactly as a selection in the UI does)."""
+@dataclass(frozen=True)
+class ExportSummary:
+    """What a person reads about one exported campaign."""
+
+    name: str
+    rows: int | None
+    locations: list[str]
+    seconds: float
+    notes: list[str]  # reported checks that did not pass, one line each
+
+    def lines(self) -> list[str]:
+        rows = f"{self.rows:,} rows, " if self.rows is not None else ""
+        files = f"{len(self.locations)} file{'' if len(self.locations) == 1 else 's'}"
+        head = f"{shorten(single_line(self.name), NAME_COLUMNS, char_width)}: {rows}{files}, {self.seconds:.1f} s"
+        return [head, *(f"  {note}" for note in self.notes)]
+
+
+class RunOutput:
+    """Where a command's export runs report: Dagster's event lines to $DAGSTER_HOME/exports-pipeline.log
+    (and stderr with --verbose), a progress bar while a campaign exports when stderr is a terminal, then
+    one summary per campaign. Use as a context manager: on exit it says where the event lines are."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.log_path = _dagster_home() / EVENT_LOG
+        self.progress: ProgressBar | None = None
+        self._handlers: list[logging.Handler] = [logging.FileHandler(self.log_path, encoding="utf-8", delay=True)]
+        if verbose:
+            self._handlers.append(logging.StreamHandler(sys.stderr))
+        elif sys.stderr.isatty():
+            # A copy of the terminal: while a step runs, Dagster captures stderr into its compute log.
+            self.progress = ProgressBar(open(os.dup(sys.stderr.fileno()), "w", encoding="utf-8", errors="replace"))
+            self._handlers.append(self.progress)
+        for handler in self._handlers:
+            handler.setFormatter(logging.Formatter(EVENT_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
+        self._definitions = None
+
+    def __enter__(self) -> RunOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.close()
+        if self.progress:
+            self.progress.stream.close()
+        if not self.verbose and self.log_path.exists():
+            print(f"Dagster's event lines: {self.log_path} (--verbose shows them here)", file=sys.stderr)
+
+    def job(self, formats: tuple[str, ...]):
+        """The job that writes these files and the assets it selects (None: the job's own), with Dagster's
+        console logger replaced by the command's (the definitions are made once, when needed)."""
+        if self._definitions is None:
+            self._definitions = _definitions(self._handlers)
+        return _export_job(self._definitions, formats)
+
+    def showing(self, name: str):
+        return self.progress.showing(single_line(name)) if self.progress else nullcontext()
+
+    @staticmethod
+    def report(summary: ExportSummary) -> None:
+        print("\n".join(summary.lines()), file=sys.stderr, flush=True)
+        print("\n".join(summary.locations), flush=True)
+
+
+def _definitions(handlers: list[logging.Handler]):
+    """The project's definitions with a "console" logger that sends Dagster's event lines to these handlers.
+    Runs name it in their config as `console`, which Dagster's own console logger also accepts: a
+    command-line run re-executed from the UI logs as any other run."""
+    import dagster as dg
+
     from exports_pipeline.definitions import defs
+
+    @dg.logger(description="The command line's event lines: its log file, --verbose, the progress bar.")
+    def command_line_events(_context) -> logging.Logger:
+        events = logging.Logger("dagster", logging.DEBUG)
+        for handler in handlers:
+            events.addHandler(handler)
+        return events
+
+    return dg.Definitions.merge(defs, dg.Definitions(loggers={"console": command_line_events}))
+
+
+def _export_job(definitions, formats: tuple[str, ...]):
+    """The export job for the default files; for others, Dagster's job of every asset with the formats'
+    assets selected: --format maps to assets exactly as a selection in the UI does."""
     from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, FORMAT_KEYS, STATS_KEY
+    from exports_pipeline.run_tags import EXPORT_JOB
 
     selection = [FORMAT_KEYS[f] for f in formats] + [STATS_KEY]
     if set(selection) == set(DEFAULT_EXPORT_KEYS):
-        return defs.resolve_job_def("export_campaign"), None
-    return defs.resolve_implicit_global_asset_job_def(), selection
+        return definitions.resolve_job_def(EXPORT_JOB), None
+    return definitions.resolve_implicit_global_asset_job_def(), selection
 
 
-def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str,
-                           formats: tuple[str, ...] = DEFAULT_FORMATS) -> list[str]:
-    """Validate the id, register its partition, run the export job; return the written locations."""
+def _failure_message(result) -> str:
+    """What the export raised last (after its retries), without Dagster's wrapping."""
+    failure = result.failure_data_for_node("campaign_export")
+    error = failure.error if failure else None
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None:
+        return "the run failed"
+    kind, _, text = error.message.strip().partition(": ")
+    return text if kind.endswith(error.cls_name) else error.message.strip()
+
+
+def _summary(name: str, result, seconds: float) -> ExportSummary:
+    materializations = result.asset_materializations_for_node("campaign_export")
+    rows = [m.metadata["dagster/row_count"].value for m in materializations if "dagster/row_count" in m.metadata]
+    notes = [e.description for e in result.get_asset_check_evaluations() if not e.passed and e.description]
+    return ExportSummary(name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations],
+                         seconds, notes)
+
+
+def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str, output: RunOutput,
+                           formats: tuple[str, ...] = DEFAULT_FORMATS) -> ExportSummary:
+    """Validate the id, register its partition, run the export job; return what it wrote."""
     from exports_pipeline.defs.config import ExportRunConfig
     from exports_pipeline.defs.partitions import campaigns_partitions
+    from exports_pipeline.run_tags import export_run_tags
 
     cid = parse_campaign_id(campaign_id)
     ExportRunConfig(**config).to_options(formats)  # bad options fail here, before any work
     with open_source(locations.source_url) as source:
-        if source.campaign(cid) is None:
-            raise CampaignNotFoundError(f"campaign {cid} is not in the source")
+        campaign = source.campaign(cid)
+    if campaign is None:
+        raise CampaignNotFoundError(f"campaign {cid} is not in the source")
     _use_locations(locations)
     with _instance_setup_lock():
         instance = _instance()
         if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
             instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
-    job, selection = _export_job(formats)
-    result = job.execute_in_process(
-        run_config={"ops": {"campaign_export": {"config": config}}}, instance=instance, partition_key=cid,
-        tags={"campaign_id": cid, "trigger": trigger, "formats": ",".join(formats)}, asset_selection=selection,
-        raise_on_error=False)
+    (job, selection), started = output.job(formats), time.monotonic()  # the run's time, not the imports'
+    with output.showing(campaign.name):
+        result = job.execute_in_process(
+            run_config={"ops": {"campaign_export": {"config": config}}, "loggers": {"console": {}}},
+            instance=instance, partition_key=cid, tags=export_run_tags(cid, trigger, formats, campaign.name),
+            asset_selection=selection, raise_on_error=False)
     if not result.success:
-        failure = result.failure_data_for_node("campaign_export")
-        error = failure.error if failure else None
-        while error is not None and error.cause is not None:  # retries ran out: what the export raised last
-            error = error.cause
-        if error is None:
-            raise ExportError("the run failed")
-        kind, _, text = error.message.strip().partition(": ")
-        raise ExportError(text if kind.endswith(error.cls_name) else error.message.strip())
-    return [str(m.metadata["location"].value) for m in result.asset_materializations_for_node("campaign_export")]
+        raise ExportError(_failure_message(result))
+    return _summary(campaign.name, result, time.monotonic() - started)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     locations = resolve_locations()
-    formats = tuple(f for f in FORMATS if f in (args.format or DEFAULT_FORMATS))
-    for location in export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", formats):
-        print(location)
+    with RunOutput(args.verbose) as output:
+        formats = tuple(f for f in FORMATS if f in (args.format or DEFAULT_FORMATS))
+        output.report(export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", output,
+                                             formats))
     return 0
 
 
@@ -137,20 +260,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     locations = demo_locations(args.dir)
     source_path = sqlite_path(locations.source_url)
     if not source_path.exists():
-        print(f"creating the demo source {source_path}")
+        print(f"creating the demo source {source_path}", file=sys.stderr)
         seed_source(locations.source_url, contacts=DEMO_CONTACTS, campaigns=DEMO_CAMPAIGNS, seed=1)
     with open_source(locations.source_url) as source:
         campaign_ids = source.campaign_ids()
-    for cid in campaign_ids:
-        for location in export_through_dagster(locations, cid, {}, "manual"):
-            print(location)
-    print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
+    with RunOutput(args.verbose) as output:
+        for cid in campaign_ids:
+            output.report(export_through_dagster(locations, cid, {}, "manual", output))
+        print(f"exported {len(campaign_ids)} demo campaigns to {locations.destination}")
+    return 0
+
+
+def _latest_snapshots(destination: Destination, campaign_ids: list[str]) -> list[dict | None]:
+    """latest.json of each campaign (None: never exported), read side by side."""
+    with ThreadPoolExecutor(LATEST_READERS) as pool:
+        return list(pool.map(lambda cid: read_latest(destination, cid), campaign_ids))
+
+
+def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Destination) -> list[str]:
+    """The listing as a table, then how many campaigns match."""
+    rows = [[c.id, shorten(single_line(c.name), NAME_COLUMNS, char_width), c.status, f"{c.contacts:,}",
+             pointer["snapshot"] if pointer else "-",
+             destination.location(f"{campaign_prefix(c.id)}/{pointer['snapshot']}") if pointer else "-"]
+            for c, pointer in zip(page.campaigns, latest)]
+    shown, total = len(rows), page.total
+    if not total:
+        return ["no campaign matches"]
+    footer = (f"{total:,} campaign{'' if total == 1 else 's'}" if shown == total else
+              f"{shown:,} of {total:,} campaigns shown: narrow with --search or --status, or raise --limit")
+    return [*table(["ID", "NAME", "STATUS", "CONTACTS", "LATEST SNAPSHOT", "LOCATION"], rows, frozenset({3})), footer]
+
+
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """Read here, not in a Dagster run: a page of the source's campaigns and their latest.json."""
+    locations = resolve_locations()
+    with open_catalog(locations.source_url) as catalog:
+        page = catalog.search(args.search, args.status, args.limit)
+    destination = open_destination(locations.destination)
+    latest = _latest_snapshots(destination, [c.id for c in page.campaigns])
+    print("\n".join(campaign_lines(page, latest, destination)))
     return 0
 
 
 def cmd_link(args: argparse.Namespace) -> int:
     """Made here, not in a Dagster run: a link is a read of latest.json plus a local signature."""
-    from exports_pipeline.core.destinations import open_destination
     from exports_pipeline.core.links import latest_link
 
     print(latest_link(open_destination(resolve_locations().destination), args.campaign_id, args.format))
@@ -165,16 +318,39 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exports-pipeline", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
-    demo = commands.add_parser("demo", help="Create the embedded demo source and export every demo campaign.")
+
+def _command(commands, name: str, summary: str, func, parents=(), details: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary shows in `exports-pipeline --help` and heads its own --help."""
+    command = commands.add_parser(name, help=summary, description=f"{summary} {details}".strip(),
+                                  parents=list(parents))
+    command.set_defaults(func=func)
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exports-pipeline", description="Export call and survey campaign results through Dagster.",
+        epilog="`exports-pipeline COMMAND --help` shows a command's options.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=20))
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("-v", "--verbose", action="store_true",
+                      help=f"Also print Dagster's event lines here (always written to $DAGSTER_HOME/{EVENT_LOG}).")
+
+    demo = _command(commands, "demo", "Create the demo source and export every demo campaign.", cmd_demo,
+                    [runs])
     demo.add_argument("--dir", default=os.environ.get("EXPORTS_DEMO_DIR", "demo"),
                       help="Folder of the demo source and exports (default ./demo).")
-    demo.set_defaults(func=cmd_demo)
 
-    export = commands.add_parser("export", help="Export one campaign through Dagster and print the files written.")
+    export = _command(commands, "export", "Export one campaign through Dagster; print the files written.",
+                      cmd_export, [runs])
     export.add_argument("campaign_id", help="The campaign's UUID.")
     export.add_argument("--format", action="append", choices=FORMATS,
                         help="A file format to write; repeat for several (default: csv and parquet).")
@@ -188,20 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Do not prefix cells starting with = + - @ TAB CR LF with an apostrophe.")
     export.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.")
-    export.set_defaults(func=cmd_export)
 
-    link = commands.add_parser("link", help="Print a download link to the latest export of a campaign "
-                                            "(presigned S3 URL, or the file path for a local destination).")
+    campaigns = _command(commands, "campaigns", "List campaigns: status, contacts, latest export.",
+                         cmd_campaigns)
+    campaigns.add_argument("--search", metavar="TEXT", help="Only campaigns whose name or id contains TEXT (any case).")
+    campaigns.add_argument("--status", choices=CAMPAIGN_STATUSES, help="Only campaigns in this status.")
+    campaigns.add_argument("--limit", type=_positive, default=LIST_LIMIT,
+                           help=f"Campaigns listed at most, by name (default {LIST_LIMIT}).")
+
+    link = _command(commands, "link", "Print a download link to a campaign's latest export.", cmd_link,
+                    details="A presigned S3 URL, or the file's path for a local destination.")
     link.add_argument("campaign_id", help="The campaign's UUID.")
     link.add_argument("--format", choices=FORMATS, default="csv", help="Which file of the snapshot (default csv).")
-    link.set_defaults(func=cmd_link)
 
-    seed = commands.add_parser("seed", help="Generate a synthetic source database (PostgreSQL or SQLite).")
+    seed = _command(commands, "seed", "Generate a synthetic source database (PostgreSQL or SQLite).", cmd_seed)
     seed.add_argument("--url", required=True, help="postgresql://... or sqlite:///path")
     seed.add_argument("--contacts", type=int, required=True, help="Contacts in total.")
     seed.add_argument("--campaigns", type=int, default=1, help="Campaigns (default 1).")
     seed.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
-    seed.set_defaults(func=cmd_seed)
     return parser
 
 

@@ -1,12 +1,10 @@
-"""Export run tags (campaign_id, trigger, formats) on every export run, whoever launched it.
+"""Export run tags (campaign_id, campaign_name, trigger, formats) on every export run, whoever launched it.
 
 Sensors, the schedule and the command line tag their runs themselves. Runs that Dagster creates
 (launchpad, job and asset backfills) carry only Dagster's own tags (dagster/partition,
-dagster/backfill...): Dagster 1.13 has no run-tag policy, a job's tags are not applied to asset
-backfill runs, and partition tags from a PartitionedConfig would override a sensor's trigger. Every
-submitted run goes through the instance's run coordinator, so ExportRunCoordinator (named by
-dagster.yaml) adds the tags an export run lacks before queuing it. This module stays light: the
-daemon and the webserver import it with the instance.
+dagster/backfill...): Dagster 1.13 has no run-tag policy, and a job's tags are not applied to asset
+backfill runs. So the export adds the tags its run lacks when it starts (and the campaign's name once
+it has read the campaign), through the instance's public add_run_tags: the Runs page filters on them.
 """
 from __future__ import annotations
 
@@ -15,14 +13,25 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 
 from exports_pipeline.core.options import DEFAULT_FORMATS
+from exports_pipeline.core.text import shorten, single_line
 
 EXPORT_JOB = "export_campaign"
-EXPORT_ASSETS = frozenset({dg.AssetKey("campaign_results_csv"), dg.AssetKey("campaign_results_parquet")})
+NAME_TAG = "campaign_name"
+# Run tags accept any string, but Dagster means tags as short labels (its strict tags stop at 63
+# characters) and indexes (key, value) in its run storage, where PostgreSQL refuses entries over 2.7 kB.
+NAME_TAG_MAX_CHARS = 63
 
 
-def export_run_tags(campaign_id: str, trigger: str, formats: Sequence[str] = DEFAULT_FORMATS) -> dict[str, str]:
+def campaign_name_tag(name: str | None) -> dict[str, str]:
+    """The name on one line, cut to NAME_TAG_MAX_CHARS with an ellipsis; no tag for an empty name."""
+    value = shorten(single_line(name or ""), NAME_TAG_MAX_CHARS)
+    return {NAME_TAG: value} if value else {}
+
+
+def export_run_tags(campaign_id: str, trigger: str, formats: Sequence[str] = DEFAULT_FORMATS,
+                    name: str | None = None) -> dict[str, str]:
     """The tags every export run carries, so that run history is the export history (filter on them)."""
-    return {"campaign_id": campaign_id, "trigger": trigger, "formats": ",".join(formats)}
+    return {"campaign_id": campaign_id, **campaign_name_tag(name), "trigger": trigger, "formats": ",".join(formats)}
 
 
 def trigger_of(tags: Mapping[str, str]) -> str:
@@ -34,23 +43,11 @@ def trigger_of(tags: Mapping[str, str]) -> str:
     return "sensor" if "dagster/sensor_name" in tags else "manual"
 
 
-def missing_export_tags(run: dg.DagsterRun) -> dict[str, str]:
-    """The export tags this run lacks; none for a run that does not export one campaign partition."""
+def missing_export_tags(run: dg.DagsterRun, formats: Sequence[str], name: str | None = None) -> dict[str, str]:
+    """The export tags this run lacks: trigger and formats on every export run; campaign_id, and
+    campaign_name when the name is known, on a run of one campaign (a range run has no single one)."""
     partition = run.tags.get("dagster/partition")
-    if not partition or not (run.job_name == EXPORT_JOB or EXPORT_ASSETS & set(run.asset_selection or ())):
-        return {}
-    config = run.run_config.get("ops", {}).get("campaign_export", {}).get("config", {})
-    tags = export_run_tags(partition, trigger_of(run.tags), config.get("formats", DEFAULT_FORMATS))
+    tags = {"trigger": trigger_of(run.tags), "formats": ",".join(formats)}
+    if partition:
+        tags = export_run_tags(partition, tags["trigger"], formats, name if NAME_TAG not in run.tags else None)
     return {k: v for k, v in tags.items() if k not in run.tags}
-
-
-class ExportRunCoordinator(dg.QueuedRunCoordinator):
-    """Dagster's run queue (same configuration), adding missing export tags to export runs it queues."""
-
-    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
-        run = context.dagster_run
-        missing = missing_export_tags(run)
-        if missing:
-            self._instance.add_run_tags(run.run_id, missing)
-            context = context._replace(dagster_run=run.with_tags({**run.tags, **missing}))
-        return super().submit_run(context)

@@ -18,7 +18,7 @@ from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import nightly_changed_campaigns
 from exports_pipeline.defs.sensors import campaign_completed_sensor, campaign_partitions_sensor
-from exports_pipeline.run_tags import missing_export_tags
+from exports_pipeline.run_tags import campaign_name_tag, missing_export_tags
 
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
 TAGS = {"formats": "csv,parquet"}
@@ -54,6 +54,10 @@ def insert_campaign(url: str, status: str, created_at: dt.datetime) -> str:
     sql(url, "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) "
              "VALUES (%s, 'x', %s, %s, %s, %s)", (cid, str(uuid.uuid4()), status, created_at, created_at))
     return cid
+
+
+def name_tag(url: str, cid: str) -> dict[str, str]:
+    return campaign_name_tag(sql(url, "SELECT name FROM campaigns WHERE id = %s", (cid,))[0][0])
 
 
 def evaluate(sensor, instance, cursor, url):
@@ -153,7 +157,8 @@ def test_completion_sensor_first_tick_exact_requests_and_late_commits(source_url
     key = f"{running[0]}:{completed_at.astimezone(dt.timezone.utc).isoformat()}"
     second = evaluate(campaign_completed_sensor, instance, first.cursor, source_url)
     assert [(r.run_key, r.partition_key, r.tags) for r in second.run_requests] == [
-        (key, running[0], {"campaign_id": running[0], "trigger": "sensor", **TAGS})]
+        (key, running[0], {"campaign_id": running[0], **name_tag(source_url, running[0]), "trigger": "sensor", **TAGS})]
+    assert second.run_requests[0].tags["campaign_name"]
     assert partition_changes(second)[0] == {running[0]}  # not registered yet: the same tick registers it
 
     # Committed after the second tick, with an earlier updated_at (behind the watermark, after the first
@@ -213,7 +218,9 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
     assert set(requests) == set(ids) - {running, completed}  # never exported: changed; exported: unchanged
     request = next(iter(requests.values()))
     assert request.run_key == f"{request.partition_key}:nightly:2026-11-22"
-    assert request.tags == {"campaign_id": request.partition_key, "trigger": "schedule", **TAGS}
+    assert request.tags == {"campaign_id": request.partition_key, **name_tag(source_url, request.partition_key),
+                            "trigger": "schedule", **TAGS}
+    assert all(r.tags["campaign_name"] for r in requests.values())
 
     sql(source_url, "UPDATE contacts SET updated_at = now() WHERE id = (SELECT id FROM contacts "
                     "WHERE campaign_id = %s LIMIT 1)", (running,))
@@ -232,19 +239,61 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
 def test_runs_that_dagster_creates_get_the_missing_export_tags():
     cid = "c1000000-0000-4000-8000-000000000001"
 
-    def missing(job_name: str, tags: dict, config: dict | None = None, assets=None) -> dict:
-        return missing_export_tags(dg.DagsterRun(job_name=job_name, tags=tags, run_config=config or {},
-                                                 asset_selection=assets))
+    def missing(tags: dict, formats=("csv", "parquet"), name=None) -> dict:
+        return missing_export_tags(dg.DagsterRun(job_name="export_campaign", tags=tags), formats, name)
 
-    launchpad = missing("export_campaign", {"dagster/partition": cid},
-                        {"ops": {"campaign_export": {"config": {"formats": ["csv", "xlsx"]}}}})
-    assert launchpad == {"campaign_id": cid, "trigger": "manual", "formats": "csv,xlsx"}
-    asset_backfill = missing("__ASSET_JOB", {"dagster/partition": cid, "dagster/backfill": "abcdefgh"},
-                             assets={dg.AssetKey("campaign_results_csv")})
-    assert asset_backfill == {"campaign_id": cid, "trigger": "backfill", **TAGS}
-    assert missing("export_campaign", {"dagster/partition": cid, "dagster/schedule_name": "n", "trigger": "schedule",
-                                       "campaign_id": cid}) == TAGS
-    assert missing("export_retention", {}) == {}  # not an export run
+    launchpad = missing({"dagster/partition": cid}, ("csv", "xlsx"), name="Q3")
+    assert launchpad == {"campaign_id": cid, "campaign_name": "Q3", "trigger": "manual", "formats": "csv,xlsx"}
+    asset_backfill = missing({"dagster/partition": cid, "dagster/backfill": "abcdefgh"})
+    assert asset_backfill == {"campaign_id": cid, "trigger": "backfill", **TAGS}  # no name known: no name tag
+    range_run = missing({"dagster/asset_partition_range_start": cid, "dagster/asset_partition_range_end": cid[:-1] + "9",
+                         "dagster/backfill": "abcdefgh"}, name="Q3")
+    assert range_run == {"trigger": "backfill", **TAGS}  # many campaigns: no campaign_id, no name
+    assert missing({"dagster/partition": cid, "dagster/schedule_name": "n", "trigger": "schedule", "campaign_id": cid,
+                    "campaign_name": "Q3"}, name="other") == TAGS
+
+
+@pytest.mark.parametrize("name, tag", [
+    ("Spring survey", "Spring survey"),
+    ('Spring, "promo"\r\nline\t\x1b[31m', 'Spring, "promo" line [31m'),  # one line, no terminal escapes
+    ("  \n ", None),  # no name, no tag
+    ("x" * 63, "x" * 63),
+    ("x" * 64, "x" * 62 + "…"),
+    ("é" * 70, "é" * 62 + "…"),  # code points, not bytes
+    ("x" * 61 + "e\u0301", "x" * 61 + "e\u0301"),  # 63 code points: kept whole
+    ("x" * 61 + "e\u0301" + "y", "x" * 61 + "…"),  # the accent is never cut from its letter
+    ("x" * 61 + "👍\U0001f3fd" + "y", "x" * 61 + "…"),  # nor a skin tone from its emoji
+    ("x" * 58 + "👨\u200d👩\u200d👧" + "y", "x" * 58 + "…"),  # nor a family emoji taken apart
+])
+def test_the_name_tag_is_the_name_on_one_line_cut_whole_at_63_characters(name, tag):
+    assert campaign_name_tag(name) == ({"campaign_name": tag} if tag else {})
+
+
+def test_catalogs_give_the_names_of_existing_campaigns(source_url, sqlite_url):
+    seed_source(sqlite_url, contacts=30, campaigns=3, seed=2, now=SEED_NOW)
+    for url in (source_url, sqlite_url):
+        with open_catalog(url) as catalog:
+            ids = catalog.ids_after(None, 100)
+            names = catalog.names(ids[:2] + [str(uuid.uuid4()), "not-a-uuid"])
+        with open_source(url) as source:
+            assert names == {cid: source.campaign(cid).name for cid in ids[:2]}
+
+
+def test_a_run_dagster_creates_tags_itself_with_the_campaigns_name(pg_url, tmp_path, monkeypatch):
+    """A run launched with Dagster's tags only (as the launchpad does) adds ours when it runs."""
+    from exports_pipeline.definitions import defs
+    from exports_pipeline_tests import awkward
+
+    awkward.load(pg_url)
+    monkeypatch.setenv("EXPORTS_SOURCE_URL", pg_url)
+    monkeypatch.setenv("EXPORTS_DESTINATION", str(tmp_path / "out"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("campaigns", [awkward.C1])
+        result = defs.resolve_job_def("export_campaign").execute_in_process(partition_key=awkward.C1,
+                                                                           instance=instance)
+        tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["campaign_name"] == 'Spring, "promo" line'
+    assert (tags["trigger"], tags["campaign_id"], tags["formats"]) == ("manual", awkward.C1, "csv,parquet")
 
 
 def test_run_history_retention_keeps_each_campaigns_latest_export(source_url, instance, tmp_path):

@@ -10,9 +10,15 @@ campaigns table is read whole and paged in Python, because its ids and timestamp
 
 Fingerprints (SPEC section 5) for many campaigns: one set-based query per page of ids in PostgreSQL,
 giving exactly what SourceReader.fingerprint gives per campaign; SQLite delegates to SourceReader.
+
+Search (the `campaigns` command): any part of the name or id, case-insensitive. PostgreSQL: one ILIKE
+scan of the campaigns table (tens of thousands of rows: milliseconds, no extension or index needed),
+sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
+SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from abc import abstractmethod
 from contextlib import closing
@@ -36,11 +42,13 @@ from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
 Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
+CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 
 
 @dataclass(frozen=True)
 class CampaignRow:
     id: str
+    name: str
     status: str
     created_at: datetime
     updated_at: datetime
@@ -53,6 +61,26 @@ class CampaignRow:
     @property
     def updated_position(self) -> Position:
         return self.updated_at, self.id
+
+
+@dataclass(frozen=True)
+class CampaignMatch:
+    id: str
+    name: str
+    status: str
+    contacts: int
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    campaigns: list[CampaignMatch]  # sorted by name (any case), then id
+    total: int  # every campaign that matches, listed or not
+
+
+def _like_pattern(text: str | None) -> str:
+    """An ILIKE pattern for text anywhere in a value; LIKE's own characters in it match themselves."""
+    escaped = re.sub(r"([\\%_])", r"\\\1", text or "")
+    return f"%{escaped}%"
 
 
 def canonical_ids(keys) -> list[str]:
@@ -90,6 +118,15 @@ class Catalog(ClosingReader):
     def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
         """SourceReader.fingerprint of each of these campaigns that exists (others are left out)."""
 
+    @abstractmethod
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        """The name of each of these campaigns that exists (others are left out)."""
+
+    @abstractmethod
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        """Campaigns whose name or id contains text (any case; all when None), in this status (any when
+        None): the first limit by name (any case) then id, with their contacts counted, and how many match."""
+
 
 def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
     scheme = urlsplit(url).scheme
@@ -106,7 +143,7 @@ def _utc(value: datetime | int | None) -> datetime | None:
 
 
 class PostgresCatalog(Catalog):
-    _COLUMNS = "id::text, status, created_at, updated_at, completed_at"
+    _COLUMNS = "id::text, name, status, created_at, updated_at, completed_at"
 
     def __init__(self, url: str, statement_timeout_ms: int):
         self._url = url
@@ -128,7 +165,8 @@ class PostgresCatalog(Catalog):
                 f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
 
     def _campaigns(self, sql: str, params: tuple) -> list[CampaignRow]:
-        return [CampaignRow(i, s, _utc(c), _utc(u), _utc(d)) for i, s, c, u, d in self._rows(sql, params, binary=True)]
+        return [CampaignRow(i, n, s, _utc(c), _utc(u), _utc(d))
+                for i, n, s, c, u, d in self._rows(sql, params, binary=True)]
 
     def now(self) -> datetime:
         return _utc(self._rows("SELECT now()", ())[0][0])
@@ -170,29 +208,48 @@ class PostgresCatalog(Catalog):
             "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]}, binary=True)
         return {row[0]: fingerprint_fields(row[1:]) for row in rows}
 
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        rows = self._rows("SELECT id::text, name FROM campaigns WHERE id = ANY(%s::uuid[])",
+                          (canonical_ids(campaign_ids),))
+        return dict(rows)
+
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        # The window count is taken over every match before LIMIT; the correlated count runs for the page only.
+        rows = self._rows(
+            "SELECT p.id::text, p.name, p.status, (SELECT count(*) FROM contacts ct WHERE ct.campaign_id = p.id), "
+            "       p.total "
+            "FROM (SELECT id, name, status, count(*) OVER () AS total FROM campaigns "
+            "      WHERE (name ILIKE %(pattern)s OR id::text ILIKE %(pattern)s) "
+            "        AND (%(status)s::text IS NULL OR status = %(status)s) "
+            "      ORDER BY lower(name), id LIMIT %(limit)s) p "
+            "ORDER BY lower(p.name), p.id", {"pattern": _like_pattern(text), "status": status, "limit": limit})
+        return SearchPage([CampaignMatch(*row[:4]) for row in rows], rows[0][4] if rows else 0)
+
 
 class SqliteCatalog(Catalog):
     def __init__(self, url: str):
         path = sqlite_path(url).resolve()
         if not path.is_file():
             raise ConfigurationError(f"SQLite source {path} does not exist (`exports-pipeline demo` creates the demo)")
-        self._url = url
-        try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-                rows = conn.execute(
-                    "SELECT id, status, created_at, updated_at, completed_at FROM campaigns").fetchall()
-        except sqlite3.Error as exc:
-            raise SourceUnavailableError(f"cannot read SQLite source {path}: {exc}") from None
+        self._url, self._path = url, path
+        rows = self._query("SELECT id, name, status, created_at, updated_at, completed_at FROM campaigns")
         self._campaigns = [self._row(*r) for r in rows]
 
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            with closing(sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)) as conn:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceUnavailableError(f"cannot read SQLite source {self._path}: {exc}") from None
+
     @staticmethod
-    def _row(raw_id, status, created, updated, completed) -> CampaignRow:
+    def _row(raw_id, name, status, created, updated, completed) -> CampaignRow:
         cid = parse_campaign_id(raw_id)
 
         def instant(text, column):
             return _utc(instant_micros(str(text), "campaigns", column, cid)) if text is not None else None
 
-        return CampaignRow(cid, status, instant(created, "created_at"), instant(updated, "updated_at"),
+        return CampaignRow(cid, name, status, instant(created, "created_at"), instant(updated, "updated_at"),
                            instant(completed, "completed_at"))
 
     def close(self) -> None:
@@ -217,3 +274,25 @@ class SqliteCatalog(Catalog):
         known = {r.id for r in self._campaigns}
         with open_source(self._url) as source:
             return {cid: source.fingerprint(cid) for cid in campaign_ids if cid in known}
+
+    def names(self, campaign_ids: list[str]) -> dict[str, str]:
+        wanted = set(campaign_ids)
+        return {r.id: r.name for r in self._campaigns if r.id in wanted}
+
+    def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
+        needle = (text or "").casefold()
+        matches = sorted((r for r in self._campaigns if status in (None, r.status)
+                          and (needle in r.name.casefold() or needle in r.id)), key=lambda r: (r.name.lower(), r.id))
+        counts = self._contact_counts([r.id for r in matches[:limit]])
+        return SearchPage([CampaignMatch(r.id, r.name, r.status, counts.get(r.id, 0)) for r in matches[:limit]],
+                          len(matches))
+
+    def _contact_counts(self, campaign_ids: list[str]) -> dict[str, int]:
+        """Contacts of these campaigns, whatever the case and hyphens of the ids stored in contacts."""
+        by_hex = {cid.replace("-", ""): cid for cid in campaign_ids}
+        if not by_hex:
+            return {}
+        rows = self._query("SELECT lower(replace(campaign_id, '-', '')), count(*) FROM contacts "
+                           f"WHERE lower(replace(campaign_id, '-', '')) IN ({', '.join('?' * len(by_hex))}) "
+                           "GROUP BY 1", tuple(by_hex))
+        return {by_hex[key]: count for key, count in rows}

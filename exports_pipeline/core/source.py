@@ -104,8 +104,9 @@ class EdgeInstantLoader(TimestamptzBinaryLoader):
 
 
 def connect_reading(url: str, statement_timeout_ms: int) -> psycopg.Connection:
-    """A read-only autocommit session, named, with a statement timeout and EdgeInstantLoader."""
-    conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
+    """A read-only autocommit session, named, with a statement timeout and EdgeInstantLoader; a lost host
+    fails the connection after connect_timeout instead of hanging a sensor tick or an export."""
+    conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10,
                            options=f"-c statement_timeout={int(statement_timeout_ms)} "
                                    "-c default_transaction_read_only=on")
     conn.adapters.register_loader("timestamptz", EdgeInstantLoader)

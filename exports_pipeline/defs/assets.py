@@ -20,6 +20,7 @@ from exports_pipeline.defs.checks import CSV_KEY, check_evaluations, check_specs
 from exports_pipeline.defs.config import ExportRunConfig
 from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline.run_tags import missing_export_tags
 
 PARQUET_KEY = dg.AssetKey("campaign_results_parquet")
 STATS_KEY = dg.AssetKey("campaign_stats")
@@ -135,6 +136,8 @@ def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, option
     with stage_export(source.url, campaign_id, options, context.run.run_id,
                       statement_timeout_ms=source.statement_timeout_ms,
                       progress=ProgressLog(context.log, campaign_id)) as staged:
+        if len(context.partition_keys) == 1:
+            _tag_run(context, options.formats, staged.campaign.name)
         # Check results come first: a failed blocking check is recorded, then publication refuses.
         yield from check_evaluations(staged.checks, campaign_id, context.selected_asset_check_keys)
         publication = prepare_publication(staged)
@@ -144,6 +147,13 @@ def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, option
                      + ("" if moved else " (latest.json not moved)"))
     for key, metadata in materializations.items():
         yield dg.AssetMaterialization(asset_key=key, partition=campaign_id, metadata=metadata | {"latest_moved": moved})
+
+
+def _tag_run(context: dg.AssetExecutionContext, formats: tuple[str, ...], name: str | None = None) -> None:
+    """Add the export tags the run lacks (runs that Dagster creates have none of ours)."""
+    missing = missing_export_tags(context.run, formats, name)
+    if missing:
+        context.instance.add_run_tags(context.run.run_id, missing)
 
 
 def _lineage(context: dg.AssetExecutionContext) -> list[str]:
@@ -224,8 +234,10 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     """Export each campaign partition of the run, one after the other, each from its own source snapshot to
     its own immutable snapshot. A campaign that fails fails alone: the others publish, then the step fails
     naming each failed campaign."""
+    formats = selected_formats(context.selected_asset_keys)
+    _tag_run(context, formats)
     try:
-        options = config.to_options(selected_formats(context.selected_asset_keys))
+        options = config.to_options(formats)
         target = destination.open()
     except ExportError as exc:
         _raise_for(context, {cid: exc for cid in context.partition_keys})

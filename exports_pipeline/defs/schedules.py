@@ -61,11 +61,13 @@ def nightly_changed_campaigns(context: dg.ScheduleEvaluationContext, source: Sou
     # A page's fingerprint reads every row of its campaigns: the exports' statement timeout, not the sensors'.
     with source.catalog(source.statement_timeout_ms) as catalog:
         changed = changed_campaigns(catalog, destination.open(), campaign_ids)
+        names = catalog.names(changed[:MAX_RUNS_PER_NIGHT])  # for the runs' campaign_name tags
     if not changed:
         return dg.SkipReason(f"none of {len(campaign_ids)} campaigns changed since its last export")
     if len(changed) > MAX_RUNS_PER_NIGHT:
         context.log.warning(f"{len(changed)} campaigns changed; exporting the {MAX_RUNS_PER_NIGHT} most recently "
                             "active tonight, the others on the next nights")
     night = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [dg.RunRequest(run_key=f"{cid}:nightly:{night}", partition_key=cid, tags=export_run_tags(cid, "schedule"))
+    return [dg.RunRequest(run_key=f"{cid}:nightly:{night}", partition_key=cid,
+                          tags=export_run_tags(cid, "schedule", name=names.get(cid)))
             for cid in changed[:MAX_RUNS_PER_NIGHT]]

@@ -158,12 +158,13 @@ def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: Sourc
     if not rows:
         return dg.SensorResult(skip_reason="no campaign completed", cursor=new_cursor)
     # One request per run key (a row updated between the window's query and the next one is read twice).
-    requests = {f"{r.id}:{(r.completed_at or r.updated_at).isoformat()}": r.id for r in rows}
+    requests = {f"{r.id}:{(r.completed_at or r.updated_at).isoformat()}": r for r in rows}
     # A campaign created and completed between two ticks of the partition sensor is registered here.
     registered = set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
-    unregistered = sorted(set(requests.values()) - registered)
+    unregistered = sorted({r.id for r in requests.values()} - registered)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=key, partition_key=cid, tags=export_run_tags(cid, "sensor"))
-                      for key, cid in requests.items()],
+        run_requests=[dg.RunRequest(run_key=key, partition_key=row.id,
+                                    tags=export_run_tags(row.id, "sensor", name=row.name))
+                      for key, row in requests.items()],
         dynamic_partitions_requests=[campaigns_partitions.build_add_request(unregistered)] if unregistered else [],
         cursor=new_cursor)

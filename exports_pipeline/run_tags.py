@@ -28,10 +28,15 @@ def campaign_name_tag(name: str | None) -> dict[str, str]:
     return {NAME_TAG: value} if value else {}
 
 
+def run_tags(trigger: str, formats: Sequence[str] = DEFAULT_FORMATS) -> dict[str, str]:
+    """The tags every export run carries, also a run of many campaigns (filter on them)."""
+    return {"trigger": trigger, "formats": ",".join(formats)}
+
+
 def export_run_tags(campaign_id: str, trigger: str, formats: Sequence[str] = DEFAULT_FORMATS,
                     name: str | None = None) -> dict[str, str]:
-    """The tags every export run carries, so that run history is the export history (filter on them)."""
-    return {"campaign_id": campaign_id, **campaign_name_tag(name), "trigger": trigger, "formats": ",".join(formats)}
+    """The tags of a run of one campaign, so that run history is the campaign's export history."""
+    return {"campaign_id": campaign_id, **campaign_name_tag(name), **run_tags(trigger, formats)}
 
 
 def trigger_of(tags: Mapping[str, str]) -> str:
@@ -46,8 +51,8 @@ def trigger_of(tags: Mapping[str, str]) -> str:
 def missing_export_tags(run: dg.DagsterRun, formats: Sequence[str], name: str | None = None) -> dict[str, str]:
     """The export tags this run lacks: trigger and formats on every export run; campaign_id, and
     campaign_name when the name is known, on a run of one campaign (a range run has no single one)."""
-    partition = run.tags.get("dagster/partition")
-    tags = {"trigger": trigger_of(run.tags), "formats": ",".join(formats)}
+    partition, trigger = run.tags.get("dagster/partition"), trigger_of(run.tags)
+    tags = run_tags(trigger, formats)
     if partition:
-        tags = export_run_tags(partition, tags["trigger"], formats, name if NAME_TAG not in run.tags else None)
+        tags = export_run_tags(partition, trigger, formats, name if NAME_TAG not in run.tags else None)
     return {k: v for k, v in tags.items() if k not in run.tags}

@@ -194,3 +194,38 @@ def test_failed_export_mails_the_operators_the_campaign_and_the_cause(pg_url, tm
     body = message.get_content().replace("\r\n", "\n")
     assert f"Dagster run {result.run_id}" in body
     assert f"export of campaign {unknown} failed: campaign {unknown} is not in the source" in body
+
+
+def test_a_run_of_many_campaigns_mails_each_published_one_and_the_operators_the_failed_one(pg_url, tmp_path,
+                                                                                         smtp_env):
+    """C2 fails (a NaN cost): C1's and EMPTY's owners and EXPORTS_MAIL_TO get their mails, operators get C2's.
+    XLSX selected: the mail links it (a CSV opened in Excel loses the "+" of phone numbers)."""
+    import psycopg
+
+    from exports_pipeline_tests.awkward import C2, EMPTY, K5
+
+    awkward.load(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
+                     f"VALUES ('b0000000-0000-4000-8000-0000000000ff', '{C2}', '{K5}', 9, 'failed', 'NaN')")
+    resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "out")),
+                 "mail": MailDelivery()}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("campaigns", [C1, C2, EMPTY])
+        result = dg.materialize([campaign_export], instance=instance, resources=resources, raise_on_error=False,
+                                selection=[*DEFAULT_EXPORT_KEYS, dg.AssetKey("campaign_results_xlsx")],
+                                tags={"dagster/asset_partition_range_start": C1,
+                                      "dagster/asset_partition_range_end": EMPTY})
+        assert not result.success
+        export_failed_mail_sensor(dg.build_run_status_sensor_context(
+            sensor_name="export_failed_mail_sensor", dagster_event=result.get_run_failure_event(),
+            dagster_instance=instance, dagster_run=result.dagster_run, resources=resources).for_run_failure())
+    subjects = {message["Subject"]: (rcpt, message) for rcpt, message in smtp_env.messages}
+    ready = sorted(s for s in subjects if s.startswith("Export ready"))
+    assert [s.split(",")[0] for s in ready] == sorted(f"Export ready: campaign {c}" for c in (C1, EMPTY))
+    c1_rcpt, c1_message = next(subjects[s] for s in ready if C1 in s)
+    assert c1_rcpt == ["owner@example.com", "team@example.org"]
+    assert "Download the XLSX:\n" in c1_message.get_content().replace("\r\n", "\n")
+    operators, failed = subjects[f"Export failed: campaign {C2}"]
+    assert operators == ["ops@example.org", "oncall@example.org"]
+    assert f"export of campaign {C2} failed" in failed.get_content() and "NaN" in failed.get_content()

@@ -18,6 +18,7 @@ from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import nightly_changed_campaigns
 from exports_pipeline.defs.sensors import campaign_completed_sensor, campaign_partitions_sensor
+from exports_pipeline.defs.run_requests import RANGE_END, RANGE_START, stretches
 from exports_pipeline.run_tags import campaign_name_tag, missing_export_tags
 
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
@@ -54,6 +55,18 @@ def insert_campaign(url: str, status: str, created_at: dt.datetime) -> str:
     sql(url, "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) "
              "VALUES (%s, 'x', %s, %s, %s, %s)", (cid, str(uuid.uuid4()), status, created_at, created_at))
     return cid
+
+
+def by_campaign(requests: list[dg.RunRequest], order: list[str]) -> dict[str, dg.RunRequest]:
+    """Each campaign that the requests export (one partition, or a range of them), with its request."""
+    found = {}
+    for request in requests:
+        if request.partition_key:
+            found[request.partition_key] = request
+        else:
+            start, end = order.index(request.tags[RANGE_START]), order.index(request.tags[RANGE_END])
+            found |= {cid: request for cid in order[start:end + 1]}
+    return found
 
 
 def name_tag(url: str, cid: str) -> dict[str, str]:
@@ -154,23 +167,34 @@ def test_completion_sensor_first_tick_exact_requests_and_late_commits(source_url
     running = [r[0] for r in sql(source_url, "SELECT id::text FROM campaigns WHERE status = 'running' ORDER BY id")]
     (completed_at,), = sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = now(), "
                                        "updated_at = now() WHERE id = %s RETURNING completed_at", (running[0],))
-    key = f"{running[0]}:{completed_at.astimezone(dt.timezone.utc).isoformat()}"
     second = evaluate(campaign_completed_sensor, instance, first.cursor, source_url)
+    newest = completed_at.astimezone(dt.timezone.utc).isoformat()
     assert [(r.run_key, r.partition_key, r.tags) for r in second.run_requests] == [
-        (key, running[0], {"campaign_id": running[0], **name_tag(source_url, running[0]), "trigger": "sensor", **TAGS})]
+        (f"{running[0]}:completed:{newest}", running[0], {"campaign_id": running[0], **name_tag(source_url, running[0]), "trigger": "sensor", **TAGS})]
     assert second.run_requests[0].tags["campaign_name"]
     assert partition_changes(second)[0] == {running[0]}  # not registered yet: the same tick registers it
 
     # Committed after the second tick, with an earlier updated_at (behind the watermark, after the first
-    # tick): the look-back window finds it; the first completion is read again with the same run key,
-    # which Dagster does not launch twice.
+    # tick): the look-back window finds it; the first completion, read again there, is not exported again.
     after = dt.datetime.fromisoformat(json.loads(second.cursor)["after"][0])
     late_time = since + (after - since) / 2
     sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
         (late_time, late_time, running[1]))
     third = evaluate(campaign_completed_sensor, instance, second.cursor, source_url)
-    assert {r.run_key for r in third.run_requests} == {key, f"{running[1]}:{late_time.isoformat()}"}
+    assert [r.partition_key for r in third.run_requests] == [running[1]]
     assert json.loads(third.cursor)["after"] == json.loads(second.cursor)["after"]
+    assert evaluate(campaign_completed_sensor, instance, third.cursor, source_url).skip_reason  # nothing new
+
+    # Several completions in one tick: one run per stretch of consecutive partitions.
+    now = sql(source_url, "SELECT now()")[0][0]
+    rest = running[2:]
+    for cid in rest:
+        sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
+            (now, now, cid))
+    fourth = evaluate(campaign_completed_sensor, instance, third.cursor, source_url)
+    order = instance.get_dynamic_partitions("campaigns")
+    assert set(by_campaign(fourth.run_requests, order)) == set(rest)
+    assert len(fourth.run_requests) == len(stretches(rest, order))
 
 
 def test_catalog_fingerprints_equal_the_source_readers(source_url):
@@ -212,26 +236,34 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
         with dg.build_schedule_context(instance=instance, resources=resources(), scheduled_execution_time=dt.datetime(
                 2026, 11, 22, 2, tzinfo=dt.timezone.utc)) as context:
             result = nightly_changed_campaigns(context)
-        return {} if isinstance(result, dg.SkipReason) else {r.partition_key: r for r in result}
+        return {} if isinstance(result, dg.SkipReason) else by_campaign(result, ids)
 
     requests = nightly()
     assert set(requests) == set(ids) - {running, completed}  # never exported: changed; exported: unchanged
-    request = next(iter(requests.values()))
-    assert request.run_key == f"{request.partition_key}:nightly:2026-11-22"
-    assert request.tags == {"campaign_id": request.partition_key, **name_tag(source_url, request.partition_key),
-                            "trigger": "schedule", **TAGS}
-    assert all(r.tags["campaign_name"] for r in requests.values())
+    # Batched in runs of consecutive partitions, split where an unchanged campaign lies between them.
+    runs = list({id(r): r for r in requests.values()}.values())
+    assert len(runs) == len(stretches(set(ids) - {running, completed}, ids)) < len(requests)
+    for request in runs:
+        if request.partition_key:
+            cid = request.partition_key
+            assert request.run_key == f"{cid}:nightly:2026-11-22"
+            assert request.tags == {"campaign_id": cid, **name_tag(source_url, cid), "trigger": "schedule", **TAGS}
+        else:
+            first, last = request.tags[RANGE_START], request.tags[RANGE_END]
+            assert request.run_key == f"{first}..{last}:nightly:2026-11-22"
+            assert request.tags == {RANGE_START: first, RANGE_END: last, "trigger": "schedule", **TAGS}
 
     sql(source_url, "UPDATE contacts SET updated_at = now() WHERE id = (SELECT id FROM contacts "
                     "WHERE campaign_id = %s LIMIT 1)", (running,))
     sql(source_url, "DELETE FROM call_attempts WHERE id = (SELECT id FROM call_attempts WHERE campaign_id = %s "
                     "ORDER BY coalesce(ended_at, started_at) LIMIT 1)", (completed,))  # a count, not a time, changes
     assert set(nightly()) == set(ids)
-    monkeypatch.setattr(schedules, "MAX_RUNS_PER_NIGHT", 1)
+    assert len({id(r) for r in nightly().values()}) == 1  # one range run: nothing lies between them now
+    monkeypatch.setattr(schedules, "MAX_CAMPAIGNS_PER_NIGHT", 1)
     assert set(nightly()) == {running}  # the most recently active first
 
     assert dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=running, resources=resources()).success
-    monkeypatch.setattr(schedules, "MAX_RUNS_PER_NIGHT", 100)
+    monkeypatch.setattr(schedules, "MAX_CAMPAIGNS_PER_NIGHT", 100)
     assert set(nightly()) == set(ids) - {running}
 
 

@@ -52,8 +52,8 @@ def _message(sender: str, recipients: list[str], subject: str, body: str) -> Ema
 
 
 def export_ready_message(sender: str, recipients: list[str], figures: ExportFigures, link: str,
-                         link_expiry_seconds: int | None) -> EmailMessage:
-    """The mail after a successful export. link_expiry_seconds is None for a local file path (no expiry)."""
+                         link_expiry_seconds: int | None, file_format: str = "csv") -> EmailMessage:
+    """The mail after a campaign's export. link_expiry_seconds is None for a local file path (no expiry)."""
     f = figures
     validity = ("" if link_expiry_seconds is None
                 else f"\nThe link works for {_duration(link_expiry_seconds)}; ask for a fresh one with "
@@ -65,16 +65,19 @@ def export_ready_message(sender: str, recipients: list[str], figures: ExportFigu
             f"Rows (contacts):  {f.rows:,}\n"
             f"Completion rate:  {f.completion_rate:.2f} %\n"
             f"Total cost (USD): {f.total_cost_usd}\n\n"
-            f"{pointer}\n\nDownload the CSV:\n{link}\n{validity}\n")
+            f"{pointer}\n\nDownload the {file_format.upper()}:\n{link}\n{validity}\n")
     return _message(sender, recipients, f"Export ready: campaign {f.campaign_id}, snapshot {f.snapshot}", body)
 
 
-def export_failed_message(sender: str, recipients: list[str], campaign_id: str, run_id: str,
+def export_failed_message(sender: str, recipients: list[str], campaign_ids: list[str], run_id: str,
                           cause: str) -> EmailMessage:
-    """The mail to operators after a failed export: which campaign, which run, and why."""
-    body = (f"The export of campaign {campaign_id} failed (Dagster run {run_id}).\n\nCause:\n{cause}\n\n"
-            "Nothing of this run is reachable from latest.json or a manifest (publication is all-or-nothing).\n")
-    return _message(sender, recipients, f"Export failed: campaign {campaign_id}", body)
+    """The mail to operators after a failed export run: which campaigns, which run, and why."""
+    what = f"campaign {campaign_ids[0]}" if len(campaign_ids) == 1 else f"{len(campaign_ids)} campaigns"
+    listed = "" if len(campaign_ids) == 1 else "Campaigns:\n" + "\n".join(campaign_ids) + "\n\n"
+    body = (f"The export of {what} failed (Dagster run {run_id}).\n\n{listed}Cause:\n{cause}\n\n"
+            "Nothing of a failed campaign is reachable from latest.json or a manifest (publication is "
+            "all-or-nothing); the run's other campaigns were published.\n")
+    return _message(sender, recipients, f"Export failed: {what}", body)
 
 
 def send(settings: SmtpSettings, message: EmailMessage) -> None:

@@ -19,11 +19,11 @@ from exports_pipeline.core.publish import read_manifest
 from exports_pipeline.defs.jobs import export_campaign_job
 from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
-from exports_pipeline.run_tags import export_run_tags
+from exports_pipeline.defs.run_requests import export_run_requests
 
 FINGERPRINT_PAGE = 2_000  # campaigns per fingerprint query (consecutive ids: one index range per table)
 MANIFEST_READERS = 16  # latest.json and manifest reads in flight (S3 round trips dominate the tick)
-MAX_RUNS_PER_NIGHT = 2_000  # the rest, least recently active, waits for the next night
+MAX_CAMPAIGNS_PER_NIGHT = 2_000  # the rest, least recently active, waits for the next night
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ACTIVITY_FIELDS = ("campaign_updated_at", "contacts_max_updated_at", "attempts_max_time", "answers_max_answered_at")
 
@@ -55,19 +55,19 @@ def changed_campaigns(catalog: Catalog, destination: Destination, campaign_ids: 
 def nightly_changed_campaigns(context: dg.ScheduleEvaluationContext, source: SourceDatabase,
                               destination: ExportDestination):
     """Considers the registered partitions (the sensor registers new campaigns within a tick). At most
-    MAX_RUNS_PER_NIGHT runs, most recently active campaigns first: running campaigns go before a
-    backlog of never-exported old ones, which the following nights work through."""
-    campaign_ids = sorted(context.instance.get_dynamic_partitions(campaigns_partitions.name))
+    MAX_CAMPAIGNS_PER_NIGHT campaigns, most recently active first (running campaigns go before a backlog
+    of never-exported old ones, which the following nights work through), in runs of consecutive
+    partitions (run_requests.py)."""
+    order = context.instance.get_dynamic_partitions(campaigns_partitions.name)
     # A page's fingerprint reads every row of its campaigns: the exports' statement timeout, not the sensors'.
     with source.catalog(source.statement_timeout_ms) as catalog:
-        changed = changed_campaigns(catalog, destination.open(), campaign_ids)
-        names = catalog.names(changed[:MAX_RUNS_PER_NIGHT])  # for the runs' campaign_name tags
+        changed = changed_campaigns(catalog, destination.open(), sorted(order))
+        tonight = changed[:MAX_CAMPAIGNS_PER_NIGHT]
+        names = catalog.names(tonight)  # for the campaign_name tags of runs of one campaign
     if not changed:
-        return dg.SkipReason(f"none of {len(campaign_ids)} campaigns changed since its last export")
-    if len(changed) > MAX_RUNS_PER_NIGHT:
-        context.log.warning(f"{len(changed)} campaigns changed; exporting the {MAX_RUNS_PER_NIGHT} most recently "
-                            "active tonight, the others on the next nights")
+        return dg.SkipReason(f"none of {len(order)} campaigns changed since its last export")
+    if len(changed) > MAX_CAMPAIGNS_PER_NIGHT:
+        context.log.warning(f"{len(changed)} campaigns changed; exporting the {MAX_CAMPAIGNS_PER_NIGHT} most "
+                            "recently active tonight, the others on the next nights")
     night = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [dg.RunRequest(run_key=f"{cid}:nightly:{night}", partition_key=cid,
-                          tags=export_run_tags(cid, "schedule", name=names.get(cid)))
-            for cid in changed[:MAX_RUNS_PER_NIGHT]]
+    return export_run_requests(tonight, order, "schedule", f"nightly:{night}", names)

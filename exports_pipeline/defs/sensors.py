@@ -1,4 +1,4 @@
-"""Sensors: a "campaigns" partition per source campaign, and one export run per campaign completion.
+"""Sensors: a "campaigns" partition per source campaign, and an export of each campaign completion.
 
 Both keep a small JSON cursor (a keyset watermark: timestamp and campaign id) and read the source
 through the catalog's paginated queries, with caps per tick, so that a tick stays well inside
@@ -20,7 +20,7 @@ from exports_pipeline.core.catalog import NIL_ID, CampaignRow, Position
 from exports_pipeline.defs.jobs import export_campaign_job
 from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import SourceDatabase
-from exports_pipeline.run_tags import export_run_tags
+from exports_pipeline.defs.run_requests import export_run_requests
 
 INTERVAL_ENV = "EXPORTS_SENSOR_INTERVAL_SECONDS"
 LOOKBACK = timedelta(minutes=10)  # longer than any transaction that creates or completes a campaign
@@ -133,17 +133,19 @@ def campaign_partitions_sensor(context: dg.SensorEvaluationContext, source: Sour
     job=export_campaign_job,
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests one export run when a campaign's status becomes completed.",
+    description="Exports a campaign when its status becomes completed (a tick's completions together).",
 )
 def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
-    """One run per completion: run_key "<campaign id>:<completed_at>", which Dagster never launches twice
-    (completions re-read in the look-back window are skipped by it); completing again exports again.
+    """Exports each completion once, the completions of a tick together in runs of consecutive partitions
+    (run_requests.py); completing again exports again.
 
     Completions are read by (updated_at, id), the time the status changed, not by completed_at,
-    which an application may set to an earlier time (the last call). First tick: the watermark starts
-    at the database's current time and no run is requested, so that enabling the sensor does not
-    launch thousands of runs for old completions (the nightly schedule exports never-exported
-    campaigns, capped per night). The campaign_partitions_sensor registers every existing campaign.
+    which an application may set to an earlier time (the last call). Each completion is known by
+    "<campaign id>:<completed_at>"; the cursor remembers those of the look-back window, so that a
+    completion read again there is not exported twice. First tick: the watermark starts at the
+    database's current time and no run is requested, so that enabling the sensor does not launch
+    thousands of runs for old completions (the nightly schedule exports never-exported campaigns,
+    capped per night). The campaign_partitions_sensor registers every existing campaign.
     """
     with source.catalog() as catalog:
         if not context.cursor:
@@ -154,17 +156,23 @@ def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: Sourc
         rows, watermark = _read_window_then_forward(catalog.completed_after, lambda r: r.updated_position,
                                                     _decode(cursor["after"]), datetime.fromisoformat(cursor["since"]),
                                                     RUNS_PER_TICK)
-    new_cursor = json.dumps({"since": cursor["since"], "after": _encode(watermark)})
-    if not rows:
+    seen = {key: at for key, at in cursor.get("seen", {}).items()
+            if datetime.fromisoformat(at) >= watermark[0] - LOOKBACK}
+    completions = {_completion(r): r for r in rows if _completion(r) not in seen}
+    new_cursor = json.dumps({"since": cursor["since"], "after": _encode(watermark),
+                             "seen": seen | {key: r.updated_at.isoformat() for key, r in completions.items()}})
+    if not completions:
         return dg.SensorResult(skip_reason="no campaign completed", cursor=new_cursor)
-    # One request per run key (a row updated between the window's query and the next one is read twice).
-    requests = {f"{r.id}:{(r.completed_at or r.updated_at).isoformat()}": r for r in rows}
-    # A campaign created and completed between two ticks of the partition sensor is registered here.
-    registered = set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
-    unregistered = sorted({r.id for r in requests.values()} - registered)
+    # A campaign created and completed between two ticks of the partition sensor is registered here, last.
+    order = context.instance.get_dynamic_partitions(campaigns_partitions.name)
+    unregistered = sorted({r.id for r in completions.values()} - set(order))
+    newest = max(r.updated_at for r in completions.values()).isoformat()
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=key, partition_key=row.id,
-                                    tags=export_run_tags(row.id, "sensor", name=row.name))
-                      for key, row in requests.items()],
+        run_requests=export_run_requests([r.id for r in completions.values()], [*order, *unregistered], "sensor",
+                                         f"completed:{newest}", {r.id: r.name for r in completions.values()}),
         dynamic_partitions_requests=[campaigns_partitions.build_add_request(unregistered)] if unregistered else [],
         cursor=new_cursor)
+
+
+def _completion(row: CampaignRow) -> str:
+    return f"{row.id}:{(row.completed_at or row.updated_at).isoformat()}"

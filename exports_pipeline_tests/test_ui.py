@@ -159,7 +159,7 @@ def page(stack):
 def shot(page, name: str) -> None:
     """A 1280x800 viewport keeps each PNG well under 200 KB (they are committed to docs/)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SHOTS / f"{name}.png")
+    page.screenshot(path=SHOTS / f"{name}.png", animations="disabled")  # transitions shown finished
 
 
 def _runs(stack, **tags) -> list[dg.DagsterRun]:
@@ -188,6 +188,7 @@ def xlsx_run(stack, page) -> dg.DagsterRun:
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_role("menuitem").filter(has_text=C1).click()
     dialog.get_by_text("Launch runs to materialize").click()  # closes the partition list
+    expect(page.get_by_placeholder("Filter partitions")).to_be_hidden()
     expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
     shot(page, "launch")
     dialog.get_by_role("button", name="Launch 1 run").click()

@@ -25,10 +25,11 @@ from exports_pipeline.core.publish import read_latest
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import sqlite_path
 from exports_pipeline.core.writers import XLSX_CUT_MARKER, XLSX_MAX_CELL_CHARS
-from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, FORMAT_KEYS, STATS_KEY, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import changed_campaigns
 from exports_pipeline_tests import awkward
+from exports_pipeline_tests.test_stats_and_formats import column_widths
 
 EDGE = "e0000000-0000-4000-8000-00000000000e"
 E1, E2, E3, E4 = (f"e1000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))
@@ -253,6 +254,30 @@ def test_xlsx_cuts_text_past_its_cell_limit_visibly_and_counts_it(pg_url, tmp_pa
     rows = list(csv.DictReader(io.StringIO((folder / "campaign_results.csv").read_text(encoding="utf-8-sig"))))
     assert rows[0]["campaign_name"] == long_name and rows[1]["q1_answer"] == answer  # the CSV keeps it all
     assert (folder / "campaign_summary.pdf").stat().st_size > 0  # the long name does not break the one page
+
+
+def test_the_cut_cells_show_in_the_materialization_metadata_and_the_check(sqlite_url, tmp_path):
+    _load_edge(sqlite_url, answer="x" * 40_000)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("campaigns", [EDGE])
+        result = dg.materialize([campaign_export], selection=[FORMAT_KEYS["csv"], FORMAT_KEYS["xlsx"], STATS_KEY],
+                                partition_key=EDGE, instance=instance,
+                                resources={"source": SourceDatabase(url=sqlite_url),
+                                           "destination": ExportDestination(url=str(tmp_path / "out"))})
+    by_key = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("campaign_export")}
+    assert by_key["campaign_results_xlsx"]["anomalies"].value["xlsx_cells_cut"] == 1
+    check, = [c for c in result.get_asset_check_evaluations() if c.check_name == "no_row_anomalies"]
+    assert not check.passed and check.metadata["xlsx_cells_cut"].value == "1"
+    assert "1 XLSX cell cut to Excel's limit" in check.description
+    manifest = json.loads(Path(by_key["campaign_results_xlsx"]["manifest"].value).read_text())
+    assert manifest["anomalies"]["xlsx_cells_cut"] == 1
+
+
+def test_xlsx_widths_count_wide_characters_twice_and_accents_not_at_all(sqlite_url):
+    _load_edge(sqlite_url, campaign_name="東京😀" * 7, answer="e\u0301" * 21)  # 21 characters each, 42 and 21 wide
+    with stage_export(sqlite_url, EDGE, ExportOptions(formats=("xlsx",)), "edge0001") as staged:
+        widths = column_widths(openpyxl.load_workbook(staged.files[0].path)["results"])
+    assert widths["campaign_name"] == 43 and widths["q1_answer"] == 22  # and one character of room
 
 
 # ------------------------------------------------------------------ failures between staging and publication

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import openpyxl
+import polars as pl
 import psycopg
 import pytest
 from pypdf import PdfReader
@@ -18,6 +19,7 @@ from exports_pipeline.core.export import stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.source import PostgresSource
 from exports_pipeline.core.stats import percentage
+from exports_pipeline.core.writers import XLSX_MAX_WIDTH, XLSX_MIN_WIDTH, shown_widths
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
@@ -139,6 +141,57 @@ def test_xlsx_keeps_text_as_text_and_dates_as_dates(every_format, tmp_path):
     assert k1["call_cost_usd"].value == 12345678.9999 and k1["attempt_count"].value == 3
     assert [[c.value for c in row] for row in book["questions"].iter_rows()] == [
         ["position", "prompt"], [1, 'How, "really"?'], [2, "Score"], [4, "Comments"]]
+
+
+def column_widths(sheet) -> dict[str, int]:
+    """Each header's column width in characters (xlsxwriter stores neighbours of one width as one range,
+    and adds Excel's cell padding, under one character)."""
+    widths = {}
+    for dimension in sheet.column_dimensions.values():
+        for index in range(dimension.min, dimension.max + 1):
+            widths[sheet.cell(1, index).value] = int(dimension.width)
+    return widths
+
+
+def test_xlsx_opens_with_a_frozen_filtered_header_and_columns_as_wide_as_their_text(every_format, tmp_path):
+    files, _ = every_format
+    path = tmp_path / "results.xlsx"
+    path.write_bytes(files["xlsx"])
+    sheet = openpyxl.load_workbook(path)["results"]
+    pane = sheet.sheet_view.pane
+    assert (sheet.freeze_panes, pane.ySplit, pane.xSplit, pane.topLeftCell, pane.state) == ("A2", 1, None, "A2",
+                                                                                             "frozen")
+    assert sheet.auto_filter.ref == "A1:Y5"  # 25 columns, the header and C1's 4 contacts
+    widths = column_widths(sheet)
+    assert list(widths) == awkward.HEADER
+    assert all(XLSX_MIN_WIDTH <= w <= XLSX_MAX_WIDTH for w in widths.values()), widths
+    # the widest cell and one character: 36-character ids, the name with CR LF, K2's link, K2's "\rcarriage"
+    assert (widths["campaign_id"], widths["campaign_name"], widths["recording_url"], widths["name"]) == (37, 22, 30, 10)
+    assert widths["transcript_summary"] == XLSX_MAX_WIDTH  # 103 characters
+    assert widths["business_name"] == 15  # the header and its filter button: "Café 東京 😀" takes 12
+    assert widths["last_attempt_at"] == 25 and widths["completed_at"] == 25  # the text of 1969-12-31T23:59:59.999Z
+    assert widths["call_started_at"] >= 23  # room for a date cell, whatever the sample held
+
+
+def test_xlsx_of_an_empty_campaign_is_a_filtered_header(awkward_pg, tmp_path):
+    with stage_export(awkward_pg, EMPTY, ExportOptions(formats=("xlsx",)), "run00001") as staged:
+        path = tmp_path / "empty.xlsx"
+        path.write_bytes(staged.files[0].path.read_bytes())
+    sheet = openpyxl.load_workbook(path)["results"]
+    assert [c.value for c in sheet[1]] == awkward.HEADER[:21] and sheet.max_row == 1
+    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:U1"
+    widths = column_widths(sheet)
+    assert (widths["name"], widths["campaign_id"], widths["external_contact_id"], widths["completed_at"]) == (
+        XLSX_MIN_WIDTH, 13, 21, 23)  # the minimum, the headers and their filter button, a date
+
+
+def test_xlsx_widths_measure_numbers_on_every_row_and_text_on_the_first_rows():
+    rows = pl.DataFrame({"attempt_count": [1, 123_456_789_012], "name": ["a", "bbbbbbbbbb"],
+                         "q1_answer": ["東京😀", None]})
+    assert shown_widths(rows, ["attempt_count", "name", "q1_answer"], 1) == {
+        "attempt_count": 12, "name": 1, "q1_answer": 6}
+    assert shown_widths(rows, ["attempt_count", "name"], 0) == {"attempt_count": 12}
+    assert shown_widths(rows, ["name"], 2) == {"name": 10}
 
 
 def test_pdf_summary_shows_the_figures(every_format, tmp_path):

@@ -22,6 +22,7 @@ from exports_pipeline.core.instants import (
     timestamp_text,
 )
 from exports_pipeline.core.options import BASE_COLUMNS
+from exports_pipeline.core.text import text_width
 
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at", "call_started_at", "call_ended_at")
 MONEY_COLUMNS = {"call_cost_usd": ("call_cost_units", 12), "total_cost_usd": ("total_cost_units", 38)}
@@ -191,6 +192,13 @@ XLSX_MAX_CELL_CHARS = 32_767  # Excel counts UTF-16 code units
 XLSX_CUT_MARKER = " [… cut: Excel holds 32,767 characters per cell; the CSV has the whole text]"
 EXCEL_FIRST_DATE = datetime(1900, 3, 1, tzinfo=timezone.utc)  # Excel's dates before March 1900 are unreliable
 EXCEL_LAST_DATE = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=timezone.utc)
+XLSX_DATE_FORMAT = "yyyy-mm-dd hh:mm:ss.000"
+XLSX_MIN_WIDTH, XLSX_MAX_WIDTH = 8, 60  # column widths, in characters (Excel's default is 8.43)
+XLSX_FILTER_BUTTON_WIDTH = 2  # the header's filter button covers about two characters
+# Text widths come from the first rows: measuring every cell would cost more than writing it. Numbers are
+# measured on every row (vectorized), since a number wider than its column shows as ###.
+XLSX_WIDTH_SAMPLE_ROWS = 1_000
+NUMBER_COLUMNS = (*MONEY_COLUMNS, "call_duration_seconds", "attempt_count")
 
 
 def fit_excel_cell(text: str) -> str | None:
@@ -202,6 +210,34 @@ def fit_excel_cell(text: str) -> str | None:
         return None
     keep = 2 * (XLSX_MAX_CELL_CHARS - len(XLSX_CUT_MARKER))
     return encoded[:keep].decode("utf-16-le", errors="ignore") + XLSX_CUT_MARKER  # never half a character
+
+
+def _shown_width(text: str) -> int:
+    """Characters a text takes in a cell, wide ones (CJK, emoji) counting two; measured up to the widest column."""
+    head = text[:XLSX_MAX_WIDTH]
+    return len(head) if head.isascii() else text_width(head)
+
+
+def shown_widths(rows: pl.DataFrame, columns: list[str], sample_rows: int) -> dict[str, int]:
+    """The widest cell of each column as the CSV writes it (the XLSX shows the same digits): numbers
+    over every row, the other columns over the first sample_rows rows (none: not measured)."""
+    numbers = [c for c in columns if c in NUMBER_COLUMNS]
+    lengths = csv_frame(rows, numbers, formula_guard=False, timestamps_as_text=False).select(
+        pl.all().cast(pl.String).str.len_chars())
+    widths = {c: lengths[c].max() or 0 for c in numbers}
+    if sample_rows:
+        others = [c for c in columns if c not in NUMBER_COLUMNS]
+        sample = csv_frame(rows.head(sample_rows), others, formula_guard=False, timestamps_as_text=True)
+        for column in others:
+            widths[column] = max(map(_shown_width, sample[column].drop_nulls().unique()), default=0)
+    return widths
+
+
+def column_width(column: str, shown: int) -> int:
+    """Room for the header and its filter button and for the widest cell, within the bounds; a date
+    column always fits a date, which Excel would otherwise show as ###."""
+    floor = len(XLSX_DATE_FORMAT) if column in TIMESTAMP_COLUMNS else XLSX_MIN_WIDTH
+    return min(XLSX_MAX_WIDTH, max(floor, len(column) + XLSX_FILTER_BUTTON_WIDTH, shown + 1))
 
 
 def _excel_source(column: str) -> pl.Expr:
@@ -230,8 +266,9 @@ def _excel_text(column: str) -> pl.Expr:
 class XlsxWriter:
     """A workbook for spreadsheet users: text cells stay text (never formulas, numbers or links),
     timestamps are real dates in UTC where Excel has them (text otherwise), phone numbers keep their
-    plus; text past Excel's cell limit is cut with a marker and counted; a second sheet lists the
-    questions. Rows are streamed (constant_memory)."""
+    plus; text past Excel's cell limit is cut with a marker and counted; a frozen header with a filter
+    and columns as wide as their content (bounded); a second sheet lists the questions. Rows are
+    streamed (constant_memory): the widths are kept as one number per column and set on close."""
 
     def __init__(self, path: Path, columns: list[str], questions: list[tuple[int, str]]):
         import xlsxwriter
@@ -240,12 +277,13 @@ class XlsxWriter:
         self.cut_cells = 0
         self._book = xlsxwriter.Workbook(str(path), {
             "constant_memory": True, "strings_to_formulas": False, "strings_to_numbers": False,
-            "strings_to_urls": False, "default_date_format": "yyyy-mm-dd hh:mm:ss.000"})
+            "strings_to_urls": False, "default_date_format": XLSX_DATE_FORMAT})
         self._book.set_properties({"created": datetime(2000, 1, 1)})  # reproducible bytes
         self._sheet = self._book.add_worksheet("results")
         self._formats = {"money": self._book.add_format({"num_format": "0.0000"}),
                          "seconds": self._book.add_format({"num_format": "0.000"}),
-                         "date": self._book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})}
+                         "date": self._book.add_format({"num_format": XLSX_DATE_FORMAT})}
+        self._shown = dict.fromkeys(columns, 0)
         timestamps = timestamps_in(columns)
         self._sources = [_excel_source(c) for c in columns] + [_excel_text(c) for c in timestamps]
         self._text_at = {columns.index(c): len(columns) + i for i, c in enumerate(timestamps)}
@@ -272,7 +310,13 @@ class XlsxWriter:
         else:
             self._string(self._sheet, row, index, value)
 
+    def _measure(self, rows: pl.DataFrame) -> None:
+        sample_rows = max(0, XLSX_WIDTH_SAMPLE_ROWS - self.rows)
+        for column, width in shown_widths(rows, self.columns, sample_rows).items():
+            self._shown[column] = max(self._shown[column], width)
+
     def write(self, rows: pl.DataFrame) -> None:
+        self._measure(rows)
         for values in rows.select(self._sources).iter_rows():
             self.rows += 1
             for index, column in enumerate(self.columns):
@@ -283,9 +327,14 @@ class XlsxWriter:
                     self._cell(self.rows, index, column, values[index])
 
     def close(self, empty_rows: pl.DataFrame) -> None:
+        for index, column in enumerate(self.columns):
+            self._sheet.set_column(index, index, column_width(column, self._shown[column]))
+        self._sheet.freeze_panes(1, 0)
+        self._sheet.autofilter(0, 0, self.rows, len(self.columns) - 1)
         sheet = self._book.add_worksheet("questions")
         sheet.write_string(0, 0, "position")
         sheet.write_string(0, 1, "prompt")
+        sheet.set_column(1, 1, column_width("prompt", max((_shown_width(p) for _, p in self.questions), default=0)))
         for row, (position, prompt) in enumerate(self.questions, start=1):
             sheet.write_number(row, 0, position)
             self._string(sheet, row, 1, prompt)

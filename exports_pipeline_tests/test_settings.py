@@ -74,7 +74,8 @@ def test_a_set_variable_is_stored_as_its_name_never_its_value():
     definitions = definitions_from_env(EVERY_VARIABLE)
     mail = _config_fields(definitions, "mail")
     configured = _config(definitions, "mail").default_value
-    assert configured["password"] == {"env": "EXPORTS_SMTP_PASSWORD"} and configured["port"] == {"env": "EXPORTS_SMTP_PORT"}
+    assert configured["password"] == {"env": "EXPORTS_SMTP_PASSWORD"}
+    assert configured["port"] == {"env": "EXPORTS_SMTP_PORT"}
     assert configured["starttls"] is False  # a yes/no flag is its value: no secret, and "no" means no
     assert SMTP_PASSWORD not in repr(configured) and SMTP_PASSWORD not in repr(mail)
 

@@ -333,9 +333,9 @@ def s3_client(session: boto3.session.Session | None = None, *, endpoint_url: str
 
     Standard retry mode (throttling and 5xx answers retried with backoff); SigV4 always, which
     presigned links need for SSE-KMS objects (boto3 may presign with SigV2). For an S3-compatible
-    endpoint (endpoint_url, from AWS_ENDPOINT_URL by the callers: MinIO...), checksums only where the API requires them (boto3's default
-    integrity checksums are rejected by several such stores) and path-style addressing (no bucket
-    DNS names).
+    endpoint (endpoint_url, which callers take from AWS_ENDPOINT_URL: MinIO...), checksums only where
+    the API requires them (boto3's default integrity checksums are rejected by several such stores)
+    and path-style addressing (no bucket DNS names).
     """
     compatible = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
                   "s3": {"addressing_style": "path"}} if endpoint_url else {}
@@ -356,5 +356,6 @@ def open_destination(url: str, *, client=None, endpoint_url: str | None = None, 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ConfigurationError(f"destination {url!r} names no bucket")
-        return S3Destination(client or s3_client(endpoint_url=endpoint_url), bucket, prefix, sse=sse, kms_key_id=kms_key_id)
+        return S3Destination(client or s3_client(endpoint_url=endpoint_url), bucket, prefix, sse=sse,
+                             kms_key_id=kms_key_id)
     return LocalDestination(url)

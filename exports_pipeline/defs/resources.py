@@ -16,7 +16,8 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from exports_pipeline.core.catalog import Catalog, open_catalog
-from exports_pipeline.core.destinations import Destination, S3Destination, endpoint_variable, open_destination, s3_client
+from exports_pipeline.core.destinations import (Destination, S3Destination, endpoint_variable, open_destination,
+                                                s3_client)
 from exports_pipeline.core.errors import ConfigurationError
 from exports_pipeline.core.export import Publication
 from exports_pipeline.core.links import DEFAULT_LINK_EXPIRY_SECONDS, LINK_EXPIRY_ENV, file_link, link_expiry_seconds

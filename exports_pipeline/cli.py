@@ -21,20 +21,13 @@ from pathlib import Path
 
 from exports_pipeline import __version__
 from exports_pipeline.core.catalog import CAMPAIGN_STATUSES, SearchPage, open_catalog
-from exports_pipeline.core.destinations import Destination, open_destination
+from exports_pipeline.core.destinations import Destination, endpoint_variable, open_destination
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
 from exports_pipeline.core.publish import campaign_prefix, read_latest
 from exports_pipeline.core.source import open_source
-from exports_pipeline.core.sourceurl import (
-    DESTINATION_ENV,
-    SOURCE_ENV,
-    Locations,
-    demo_locations,
-    resolve_locations,
-    sqlite_path,
-)
+from exports_pipeline.core.sourceurl import DEMO_DIR_ENV, Locations, demo_locations, resolve_locations, sqlite_path
 from exports_pipeline.core.text import char_width, shorten, single_line
 from exports_pipeline.terminal import ProgressBar, table
 
@@ -56,7 +49,9 @@ telemetry:
 
 
 def _dagster_home() -> Path:
-    """$DAGSTER_HOME, set to ./.dagster_home (absolute) when unset."""
+    """$DAGSTER_HOME, set to ./.dagster_home (absolute) when unset: the command's one write to its
+    environment, because DagsterInstance.get(), Dagster's public way to open an instance from a folder,
+    reads the folder from that variable only."""
     return Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
 
 
@@ -83,10 +78,24 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _use_locations(locations: Locations) -> None:
-    """The Dagster resources read these variables (dg.EnvVar) when the run starts."""
-    os.environ[SOURCE_ENV] = locations.source_url
-    os.environ[DESTINATION_ENV] = locations.destination
+def run_resources(locations: Locations) -> dict:
+    """The export runs' resources. In production, those of the code location, from the variables the
+    command was started with (dg.EnvVar: the source URL's password stays out of the run history); for
+    the embedded demo, its SQLite file and folder, which hold no secret, given as they are."""
+    from exports_pipeline.defs.resources import ExportDestination, SourceDatabase, resources_from_env
+
+    resources = resources_from_env(os.environ)
+    if locations.is_demo:
+        resources |= {"source": SourceDatabase(url=locations.source_url),
+                      "destination": ExportDestination(url=locations.destination)}
+    return resources
+
+
+def command_destination(locations: Locations) -> Destination:
+    """The destination for the command's own reads (listings, links), at the S3-compatible endpoint the
+    AWS variables name, as the runs' resources do."""
+    endpoint = endpoint_variable(os.environ)
+    return open_destination(locations.destination, endpoint_url=os.environ[endpoint].strip() if endpoint else None)
 
 
 def run_config_for(args: argparse.Namespace) -> dict:
@@ -150,11 +159,11 @@ class RunOutput:
         if not self.verbose and self.log_path.exists():
             print(f"Dagster's event lines: {self.log_path} (--verbose shows them here)", file=sys.stderr)
 
-    def job(self, formats: tuple[str, ...]):
+    def job(self, formats: tuple[str, ...], locations: Locations):
         """The job that writes these files and the assets it selects (None: the job's own), with Dagster's
         console logger replaced by the command's (the definitions are made once, when needed)."""
         if self._definitions is None:
-            self._definitions = _definitions(self._handlers)
+            self._definitions = _definitions(self._handlers, run_resources(locations))
         return _export_job(self._definitions, formats)
 
     def showing(self, name: str):
@@ -166,13 +175,13 @@ class RunOutput:
         print("\n".join(summary.locations), flush=True)
 
 
-def _definitions(handlers: list[logging.Handler]):
-    """The project's definitions with a "console" logger that sends Dagster's event lines to these handlers.
-    Runs name it in their config as `console`, which Dagster's own console logger also accepts: a
-    command-line run re-executed from the UI logs as any other run."""
+def _definitions(handlers: list[logging.Handler], resources: dict):
+    """The project's definitions with these resources and a "console" logger that sends Dagster's event lines
+    to these handlers. Runs name it in their config as `console`, which Dagster's own console logger also
+    accepts: a command-line run re-executed from the UI logs as any other run."""
     import dagster as dg
 
-    from exports_pipeline.definitions import defs
+    from exports_pipeline.definitions import project_definitions
 
     @dg.logger(description="The command line's event lines: its log file, --verbose, the progress bar.")
     def command_line_events(_context) -> logging.Logger:
@@ -181,7 +190,8 @@ def _definitions(handlers: list[logging.Handler]):
             events.addHandler(handler)
         return events
 
-    return dg.Definitions.merge(defs, dg.Definitions(loggers={"console": command_line_events}))
+    return dg.Definitions.merge(project_definitions(resources),
+                                dg.Definitions(loggers={"console": command_line_events}))
 
 
 def _export_job(definitions, formats: tuple[str, ...]):
@@ -229,12 +239,11 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
         campaign = source.campaign(cid)
     if campaign is None:
         raise CampaignNotFoundError(f"campaign {cid} is not in the source")
-    _use_locations(locations)
     with _instance_setup_lock():
         instance = _instance()
         if not instance.has_dynamic_partition(campaigns_partitions.name, cid):
             instance.add_dynamic_partitions(campaigns_partitions.name, [cid])
-    (job, selection), started = output.job(formats), time.monotonic()  # the run's time, not the imports'
+    (job, selection), started = output.job(formats, locations), time.monotonic()  # the run's time, not the imports'
     with output.showing(campaign.name):
         result = job.execute_in_process(
             run_config={"ops": {"campaign_export": {"config": config}}, "loggers": {"console": {}}},
@@ -246,7 +255,7 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    locations = resolve_locations()
+    locations = resolve_locations(os.environ)
     with RunOutput(args.verbose) as output:
         formats = tuple(f for f in FORMATS if f in (args.format or DEFAULT_FORMATS))
         output.report(export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", output,
@@ -293,10 +302,10 @@ def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Des
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
     """Read here, not in a Dagster run: a page of the source's campaigns and their latest.json."""
-    locations = resolve_locations()
+    locations = resolve_locations(os.environ)
     with open_catalog(locations.source_url) as catalog:
         page = catalog.search(args.search, args.status, args.limit)
-    destination = open_destination(locations.destination)
+    destination = command_destination(locations)
     latest = _latest_snapshots(destination, [c.id for c in page.campaigns])
     print("\n".join(campaign_lines(page, latest, destination)))
     return 0
@@ -304,9 +313,11 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
 
 def cmd_link(args: argparse.Namespace) -> int:
     """Made here, not in a Dagster run: a link is a read of latest.json plus a local signature."""
-    from exports_pipeline.core.links import latest_link
+    from exports_pipeline.core.links import DEFAULT_LINK_EXPIRY_SECONDS, LINK_EXPIRY_ENV, latest_link, whole_seconds
 
-    print(latest_link(open_destination(resolve_locations().destination), args.campaign_id, args.format))
+    expiry = os.environ.get(LINK_EXPIRY_ENV, "").strip()
+    seconds = whole_seconds(expiry, LINK_EXPIRY_ENV) if expiry else DEFAULT_LINK_EXPIRY_SECONDS
+    print(latest_link(command_destination(resolve_locations(os.environ)), args.campaign_id, args.format, seconds))
     return 0
 
 
@@ -346,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _command(commands, "demo", "Create the demo source and export every demo campaign.", cmd_demo,
                     [runs])
-    demo.add_argument("--dir", default=os.environ.get("EXPORTS_DEMO_DIR", "demo"),
+    demo.add_argument("--dir", default=os.environ.get(DEMO_DIR_ENV, "demo"),
                       help="Folder of the demo source and exports (default ./demo).")
 
     export = _command(commands, "export", "Export one campaign through Dagster; print the files written.",

@@ -6,6 +6,7 @@ import datetime as dt
 import email
 import email.policy
 import ipaddress
+import os
 import socket
 import ssl
 import urllib.request
@@ -22,13 +23,14 @@ from cryptography.x509.oid import NameOID
 
 from exports_pipeline.core.mail import ExportFigures, SmtpSettings, export_ready_message, send
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
-from exports_pipeline.defs.delivery import MailDelivery, export_failed_mail_sensor, export_ready_mail_sensor
-from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline.defs.delivery import mail_sensors
+from exports_pipeline.defs.resources import ExportDestination, MailDelivery, SourceDatabase, resources_from_env
 from exports_pipeline.run_tags import export_run_tags
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
 
 SMTP_PASSWORD = "smtp-secret-never-shown"
+export_ready_mail_sensor, export_failed_mail_sensor = mail_sensors()
 
 
 class Inbox:
@@ -89,12 +91,18 @@ def smtp_server(tmp_path, monkeypatch):
 
 @pytest.fixture
 def smtp_env(smtp_server, monkeypatch):
+    """The server's settings in the environment; tests take the mail resource from it (mail_from_env)."""
     for name, value in {"EXPORTS_SMTP_HOST": "127.0.0.1", "EXPORTS_SMTP_PORT": str(smtp_server.port),
                         "EXPORTS_SMTP_USERNAME": "exports", "EXPORTS_SMTP_PASSWORD": SMTP_PASSWORD,
                         "EXPORTS_MAIL_FROM": "exports@example.org", "EXPORTS_MAIL_TO": "team@example.org",
                         "EXPORTS_MAIL_OPERATORS": "ops@example.org,oncall@example.org"}.items():
         monkeypatch.setenv(name, value)
     return smtp_server
+
+
+def mail_from_env() -> MailDelivery:
+    """The mail resource as the code location builds it from the environment."""
+    return resources_from_env(os.environ)["mail"]
 
 
 FIGURES = ExportFigures(campaign_id=C1, snapshot="20260105T000000.000000Z-1a2b3c4d", rows=1234, completion_rate=25.0,
@@ -128,19 +136,20 @@ def _export(instance, resources, campaign_id):
 
 def test_export_ready_mail_has_a_working_presigned_link_and_the_figures(pg_url, s3_bucket, smtp_env, monkeypatch):
     awkward.load(pg_url)
-    resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=f"s3://{s3_bucket}/x"),
-                 "mail": MailDelivery(link_expiry_seconds=2 * 24 * 3600)}
+    monkeypatch.setenv("EXPORTS_MAIL_LINK_EXPIRY_SECONDS", str(2 * 24 * 3600))
+    resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=f"s3://{s3_bucket}/x")}
     with dg.instance_for_test() as instance:
         result = _export(instance, resources, C1)
         assert result.success
-        context = dg.build_run_status_sensor_context(
-            sensor_name="export_ready_mail_sensor", dagster_event=result.get_run_success_event(),
-            dagster_instance=instance, dagster_run=result.dagster_run, resources=resources)
-        monkeypatch.delenv("EXPORTS_SMTP_HOST")
-        export_ready_mail_sensor(context)
-        assert smtp_env.messages == []  # no host: delivery is off
-        monkeypatch.setenv("EXPORTS_SMTP_HOST", "127.0.0.1")
-        export_ready_mail_sensor(context)
+
+        def context(mail: MailDelivery):
+            return dg.build_run_status_sensor_context(
+                sensor_name="export_ready_mail_sensor", dagster_event=result.get_run_success_event(),
+                dagster_instance=instance, dagster_run=result.dagster_run, resources=resources | {"mail": mail})
+
+        export_ready_mail_sensor(context(MailDelivery()))
+        assert smtp_env.messages == []  # the default has no host: delivery is off
+        export_ready_mail_sensor(context(mail_from_env()))
 
     (rcpt, message), = smtp_env.messages
     assert rcpt == ["owner@example.com", "team@example.org"]  # campaigns.owner_email, then EXPORTS_MAIL_TO
@@ -163,7 +172,7 @@ def test_export_ready_mail_has_a_working_presigned_link_and_the_figures(pg_url, 
 def test_local_destination_mail_gives_the_file_path(pg_url, tmp_path, smtp_env):
     awkward.load(pg_url)
     resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "out")),
-                 "mail": MailDelivery()}
+                 "mail": mail_from_env()}
     with dg.instance_for_test() as instance:
         result = _export(instance, resources, C1)
         export_ready_mail_sensor(dg.build_run_status_sensor_context(
@@ -180,7 +189,7 @@ def test_failed_export_mails_the_operators_the_campaign_and_the_cause(pg_url, tm
     awkward.load(pg_url)
     unknown = "d0000000-0000-4000-8000-000000000000"
     resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "out")),
-                 "mail": MailDelivery()}
+                 "mail": mail_from_env()}
     with dg.instance_for_test() as instance:
         result = _export(instance, resources, unknown)
         assert not result.success
@@ -209,7 +218,7 @@ def test_a_run_of_many_campaigns_mails_each_published_one_and_the_operators_the_
         conn.execute("INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
                      f"VALUES ('b0000000-0000-4000-8000-0000000000ff', '{C2}', '{K5}', 9, 'failed', 'NaN')")
     resources = {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "out")),
-                 "mail": MailDelivery()}
+                 "mail": mail_from_env()}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1, C2, EMPTY])
         result = dg.materialize([campaign_export], instance=instance, resources=resources, raise_on_error=False,

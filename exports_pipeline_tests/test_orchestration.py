@@ -17,10 +17,11 @@ from exports_pipeline.defs import schedules, sensors
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.schedules import nightly_changed_campaigns
-from exports_pipeline.defs.sensors import campaign_completed_sensor, campaign_partitions_sensor
+from exports_pipeline.defs.sensors import campaign_sensors
 from exports_pipeline.defs.run_requests import RANGE_END, RANGE_START, stretches
 from exports_pipeline.run_tags import campaign_name_tag, missing_export_tags
 
+campaign_partitions_sensor, campaign_completed_sensor = campaign_sensors()
 SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
 TAGS = {"formats": "csv,parquet"}
 

@@ -25,7 +25,7 @@ from exports_pipeline.core.links import latest_link
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.publish import move_latest, read_latest
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
-from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline.defs.resources import ExportDestination, SourceDatabase, resources_from_env
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY
 from exports_pipeline_tests.conftest import FAKE_AWS_SECRET
@@ -112,9 +112,11 @@ def test_server_side_encryption_is_requested_only_when_configured(s3_bucket, tmp
 
 
 def test_encryption_from_the_environment(s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPORTS_DESTINATION", f"s3://{s3_bucket}/{PREFIX}")
     monkeypatch.setenv("EXPORTS_S3_SSE", "aws:kms")
     monkeypatch.setenv("EXPORTS_S3_KMS_KEY_ID", "alias/exports")
-    destination = ExportDestination(url=f"s3://{s3_bucket}/{PREFIX}").open()
+    with dg.build_resources({"destination": resources_from_env(os.environ)["destination"]}) as resources:
+        destination = resources.destination.open()
     destination.put_bytes("k/manifest.json", b"{}", "application/json")
     head = destination.client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}/k/manifest.json")
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == "alias/exports"
@@ -240,15 +242,18 @@ def test_link_downloads_the_latest_file_with_its_name_and_expiry(awkward_pg, s3_
                 f'attachment; filename="campaign-{C1}-{published.snapshot}.{fmt}"'
 
 
-def test_link_expiry_defaults_to_an_hour_and_is_validated(awkward_pg, s3_bucket, monkeypatch):
+def test_link_expiry_defaults_to_an_hour_and_is_validated(awkward_pg, s3_bucket, tmp_path):
+    """The command reads EXPORTS_LINK_EXPIRY_SECONDS; the core function takes the lifetime as an argument."""
     destination = s3_destination(s3_bucket)
     publish(awkward_pg, destination, run_id="aaaaaaaa")
-    monkeypatch.delenv("EXPORTS_LINK_EXPIRY_SECONDS", raising=False)
     assert parse_qs(urlsplit(latest_link(destination, C1)).query)["X-Amz-Expires"] == ["3600"]
+    env = {"EXPORTS_SOURCE_URL": awkward_pg, "EXPORTS_DESTINATION": f"s3://{s3_bucket}/{PREFIX}"}
     for bad in ("soon", "0", str(8 * 24 * 3600)):
-        monkeypatch.setenv("EXPORTS_LINK_EXPIRY_SECONDS", bad)
-        with pytest.raises(ConfigurationError, match="EXPORTS_LINK_EXPIRY_SECONDS|link expiry"):
-            latest_link(destination, C1)
+        result = run_cli(["link", C1], tmp_path, **env, EXPORTS_LINK_EXPIRY_SECONDS=bad)
+        assert result.returncode == 1 and re.search("EXPORTS_LINK_EXPIRY_SECONDS|link expiry", result.stderr)
+    for bad in (0, 8 * 24 * 3600):
+        with pytest.raises(ConfigurationError, match="link expiry"):
+            latest_link(destination, C1, expires_in=bad)
 
 
 def test_link_for_a_local_destination_is_the_path_and_no_export_is_a_clear_error(awkward_pg, tmp_path):
@@ -287,8 +292,9 @@ def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3
         assert get(destination, key) == awkward.expected_csv()
         assert read_latest(destination, C1)["snapshot"] == csv["snapshot"].value
 
+        monkeypatch.setenv("EXPORTS_DESTINATION", base)
         monkeypatch.setenv("EXPORTS_LINK_IN_METADATA", "true")
-        again = materialize(instance, resources)
+        again = materialize(instance, resources | {"destination": resources_from_env(os.environ)["destination"]})
         csv = next(m.metadata for m in again.asset_materializations_for_node("campaign_export")
                    if m.asset_key.to_user_string() == "campaign_results_csv")
         link = csv["download_link"].value

@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +36,8 @@ from exports_pipeline.core.errors import (
 MiB = 1 << 20
 MAX_PARTS = 10_000  # S3's limit of parts per multipart upload
 SSE_MODES = (None, "AES256", "aws:kms")
+# The AWS SDK's variables for an S3-compatible endpoint, in its order of precedence.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # Answers to a conditional write whose condition no longer holds (412), that raced another
 # conditional write (409), or whose If-Match object was deleted meanwhile (404).
 CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
@@ -331,23 +333,29 @@ def s3_client(session: boto3.session.Session | None = None, *, endpoint_url: str
 
     Standard retry mode (throttling and 5xx answers retried with backoff); SigV4 always, which
     presigned links need for SSE-KMS objects (boto3 may presign with SigV2). For an S3-compatible
-    endpoint (AWS_ENDPOINT_URL: MinIO...), checksums only where the API requires them (boto3's default
-    integrity checksums are rejected by several such stores) and path-style addressing (no bucket
-    DNS names).
+    endpoint (endpoint_url, which callers take from AWS_ENDPOINT_URL: MinIO...), checksums only where
+    the API requires them (boto3's default integrity checksums are rejected by several such stores)
+    and path-style addressing (no bucket DNS names).
     """
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     compatible = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
-                  "s3": {"addressing_style": "path"}} if endpoint else {}
+                  "s3": {"addressing_style": "path"}} if endpoint_url else {}
     config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
                     signature_version=UNSIGNED if unsigned else "s3v4", **compatible)
-    return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint, config=config, **client_options)
+    return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint_url, config=config, **client_options)
 
 
-def open_destination(url: str, *, client=None, sse: str | None = None, kms_key_id: str | None = None) -> Destination:
-    """s3://bucket/prefix (through the given boto3 client, else s3_client()) or a local folder."""
+def endpoint_variable(environ: Mapping[str, str]) -> str | None:
+    """The AWS variable that names an S3-compatible endpoint, the S3-specific one first (the AWS SDK's order)."""
+    return next((name for name in ENDPOINT_VARIABLES if environ.get(name, "").strip()), None)
+
+
+def open_destination(url: str, *, client=None, endpoint_url: str | None = None, sse: str | None = None,
+                     kms_key_id: str | None = None) -> Destination:
+    """s3://bucket/prefix (through the given boto3 client, else s3_client(endpoint_url=...)) or a local folder."""
     if url.startswith("s3://"):
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ConfigurationError(f"destination {url!r} names no bucket")
-        return S3Destination(client or s3_client(), bucket, prefix, sse=sse, kms_key_id=kms_key_id)
+        return S3Destination(client or s3_client(endpoint_url=endpoint_url), bucket, prefix, sse=sse,
+                             kms_key_id=kms_key_id)
     return LocalDestination(url)

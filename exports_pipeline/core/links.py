@@ -5,37 +5,29 @@ under the name campaign-<id>-<snapshot>.<format>; a local destination gives the 
 """
 from __future__ import annotations
 
-import os
-
 from exports_pipeline.core.destinations import Destination
 from exports_pipeline.core.errors import ConfigurationError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.publish import campaign_prefix, read_manifest
 
 LINK_EXPIRY_ENV = "EXPORTS_LINK_EXPIRY_SECONDS"
-LINK_IN_METADATA_ENV = "EXPORTS_LINK_IN_METADATA"
 DEFAULT_LINK_EXPIRY_SECONDS = 3600
 MAX_LINK_EXPIRY_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs cannot last longer
 
 
-def link_expiry_seconds(value: int | None = None) -> int:
-    """The value given, else EXPORTS_LINK_EXPIRY_SECONDS, else 3600; refused outside 1 s to 7 days."""
-    if value is None:
-        raw = os.environ.get(LINK_EXPIRY_ENV, "").strip() or str(DEFAULT_LINK_EXPIRY_SECONDS)
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{LINK_EXPIRY_ENV}={raw!r} is not a whole number of seconds") from None
+def link_expiry_seconds(value: int) -> int:
+    """The lifetime given, refused outside 1 s to 7 days."""
     if not 1 <= value <= MAX_LINK_EXPIRY_SECONDS:
         raise ConfigurationError(f"link expiry {value} s: use 1 to {MAX_LINK_EXPIRY_SECONDS} seconds")
     return value
 
 
-def links_in_metadata(value: bool | None = None) -> bool:
-    """The value given, else EXPORTS_LINK_IN_METADATA=true. Off by default: a link is a bearer credential."""
-    if value is None:
-        return os.environ.get(LINK_IN_METADATA_ENV, "").strip().lower() in ("1", "true", "yes")
-    return value
+def whole_seconds(text: str, name: str) -> int:
+    """A setting's text as a whole number of seconds, the error naming the setting."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigurationError(f"{name}={text!r} is not a whole number of seconds") from None
 
 
 def file_link(destination: Destination, campaign_id: str, snapshot: str, record: dict, expires_in: int) -> str:
@@ -44,7 +36,8 @@ def file_link(destination: Destination, campaign_id: str, snapshot: str, record:
     return destination.link(key, f"campaign-{campaign_id}-{snapshot}.{record['format']}", expires_in)
 
 
-def latest_link(destination: Destination, campaign_id: str, fmt: str = "csv", expires_in: int | None = None) -> str:
+def latest_link(destination: Destination, campaign_id: str, fmt: str = "csv",
+                expires_in: int = DEFAULT_LINK_EXPIRY_SECONDS) -> str:
     """The link to the file of this format in the snapshot latest.json names."""
     cid = parse_campaign_id(campaign_id)
     manifest = read_manifest(destination, cid)

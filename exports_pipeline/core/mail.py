@@ -13,14 +13,18 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 
+DEFAULT_SMTP_PORT = 587
+DEFAULT_SENDER = "exports-pipeline@localhost"
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
-    port: int = 587
+    port: int = DEFAULT_SMTP_PORT
     starttls: bool = True
     username: str | None = None
     password: str | None = None
-    sender: str = "exports-pipeline@localhost"
+    sender: str = DEFAULT_SENDER
     timeout_seconds: float = 30.0
 
 

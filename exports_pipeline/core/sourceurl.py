@@ -1,7 +1,8 @@
-"""Source and destination settings from the environment, with the embedded demo as the default."""
+"""Source and destination settings from the command's environment, with the embedded demo as the default."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -25,9 +26,8 @@ def demo_locations(demo_dir: str | os.PathLike) -> Locations:
     return Locations(f"sqlite:///{base / 'source.sqlite'}", str(base / "exports"), True)
 
 
-def resolve_locations(environ: dict | None = None) -> Locations:
+def resolve_locations(env: Mapping[str, str]) -> Locations:
     """Both variables set: production. Neither: the embedded demo (./demo). One: refuse, naming the other."""
-    env = os.environ if environ is None else environ
     source, destination = env.get(SOURCE_ENV, "").strip(), env.get(DESTINATION_ENV, "").strip()
     if source and destination:
         return Locations(source, destination, False)

@@ -12,82 +12,19 @@ a run status sensor stops its tick at the first run whose function returns somet
 from __future__ import annotations
 
 import json
-import os
 
 import dagster as dg
-from pydantic import Field
 
 from exports_pipeline.core.destinations import Destination, S3Destination
 from exports_pipeline.core.export import STATS_FILE
-from exports_pipeline.core.links import file_link, link_expiry_seconds
-from exports_pipeline.core.mail import (ExportFigures, SmtpSettings, export_failed_message, export_ready_message,
-                                        send)
+from exports_pipeline.core.links import file_link
+from exports_pipeline.core.mail import ExportFigures, SmtpSettings, export_failed_message, export_ready_message, send
 from exports_pipeline.core.publish import campaign_prefix
 from exports_pipeline.core.source import open_source
 from exports_pipeline.defs.assets import FORMAT_KEYS, STATS_KEY
 from exports_pipeline.defs.partitions import campaigns_partitions
-from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
-from exports_pipeline.defs.sensors import sensor_interval_seconds
-
-DEFAULT_MAIL_LINK_EXPIRY_SECONDS = 3 * 24 * 3600  # a mail is often read a day or two later
-
-
-def _env(value, name: str, default=None):
-    """The field's value, else the environment variable read now (at tick time, never at import), else default."""
-    if value is not None:
-        return value
-    return os.environ.get(name, "").strip() or default
-
-
-def _addresses(text: str | None) -> list[str]:
-    return [a.strip() for a in (text or "").split(",") if a.strip()]
-
-
-class MailDelivery(dg.ConfigurableResource):
-    """SMTP settings and recipients. Every field left unset is read from the environment variable its
-    description names, when a sensor ticks; with no host anywhere, delivery is off."""
-
-    host: str | None = Field(default=None, description="SMTP server. Unset: EXPORTS_SMTP_HOST; unset there too, "
-                                                       "no mail is sent.")
-    port: int | None = Field(default=None, description="Unset: EXPORTS_SMTP_PORT, else 587.")
-    starttls: bool | None = Field(default=None, description="Upgrade with STARTTLS before logging in. Unset: "
-                                                            "EXPORTS_SMTP_STARTTLS (false/0/no turns it off), else on.")
-    username: str | None = Field(default=None, description="Unset: EXPORTS_SMTP_USERNAME, else no login.")
-    password: str | None = Field(default=None, description="Unset: EXPORTS_SMTP_PASSWORD.")
-    sender: str | None = Field(default=None, description="From address. Unset: EXPORTS_MAIL_FROM, else "
-                                                         "exports-pipeline@localhost.")
-    recipients: str | None = Field(default=None, description="Comma-separated addresses mailed after every "
-                                                             "successful export besides the campaign's owner_email. "
-                                                             "Unset: EXPORTS_MAIL_TO.")
-    operators: str | None = Field(default=None, description="Comma-separated addresses mailed when an export fails. "
-                                                            "Unset: EXPORTS_MAIL_OPERATORS.")
-    link_expiry_seconds: int | None = Field(default=None, description="Lifetime of the presigned link in mails, "
-                                                                      "1 s to 7 days. Unset: "
-                                                                      "EXPORTS_MAIL_LINK_EXPIRY_SECONDS, else 3 days.")
-
-    def smtp(self) -> SmtpSettings | None:
-        host = _env(self.host, "EXPORTS_SMTP_HOST")
-        if host is None:
-            return None
-        starttls = _env(self.starttls, "EXPORTS_SMTP_STARTTLS", True)
-        return SmtpSettings(host=host, port=int(_env(self.port, "EXPORTS_SMTP_PORT", 587)),
-                            starttls=starttls if isinstance(starttls, bool) else starttls.lower() not in
-                            ("false", "0", "no"),
-                            username=_env(self.username, "EXPORTS_SMTP_USERNAME"),
-                            password=_env(self.password, "EXPORTS_SMTP_PASSWORD"),
-                            sender=_env(self.sender, "EXPORTS_MAIL_FROM", "exports-pipeline@localhost"))
-
-    def recipient_list(self) -> list[str]:
-        return _addresses(_env(self.recipients, "EXPORTS_MAIL_TO"))
-
-    def operator_list(self) -> list[str]:
-        return _addresses(_env(self.operators, "EXPORTS_MAIL_OPERATORS"))
-
-    def link_seconds(self) -> int:
-        """Refused (the tick fails and says why) outside 1 s to 7 days, the longest a SigV4 link lasts."""
-        return link_expiry_seconds(int(_env(self.link_expiry_seconds, "EXPORTS_MAIL_LINK_EXPIRY_SECONDS",
-                                            DEFAULT_MAIL_LINK_EXPIRY_SECONDS)))
-
+from exports_pipeline.defs.resources import ExportDestination, MailDelivery, SourceDatabase
+from exports_pipeline.defs.sensors import DEFAULT_SENSOR_INTERVAL_SECONDS
 
 RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 # The file a mail links: the XLSX when the run wrote one (a CSV opened in Excel loses the "+" of phone
@@ -159,19 +96,6 @@ def _mail_every_ready(context, mail: MailDelivery, source: SourceDatabase, desti
             _mail_ready(context, mail, smtp, source, target, campaign_id, found)
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    name="export_ready_mail_sensor",
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Mails each exported campaign's owner and EXPORTS_MAIL_TO a download link and the headline "
-                "figures after each successful export run (off while EXPORTS_SMTP_HOST is unset).",
-)
-def export_ready_mail_sensor(context: dg.RunStatusSensorContext, mail: MailDelivery, source: SourceDatabase,
-                             destination: ExportDestination):
-    _mail_every_ready(context, mail, source, destination)
-
-
 def _failure_cause(context: dg.RunFailureSensorContext) -> str:
     """The steps' errors (the dg.Failure description names each failed campaign and its cause), else the
     run's message."""
@@ -180,20 +104,43 @@ def _failure_cause(context: dg.RunFailureSensorContext) -> str:
     return "\n\n".join(causes) or context.failure_event.message or "unknown (see the run's logs)"
 
 
-@dg.run_failure_sensor(
-    name="export_failed_mail_sensor",
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Mails EXPORTS_MAIL_OPERATORS the failed campaigns and the cause when an export run fails, and "
-                "the owners of the run's other campaigns their export-ready mail (off while EXPORTS_SMTP_HOST "
-                "is unset).",
-)
-def export_failed_mail_sensor(context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase,
-                              destination: ExportDestination):
+def _mail_failed(context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase,
+                 destination: ExportDestination) -> None:
+    """The export-ready mails of the run's published campaigns, then the operators' mail of the others."""
     smtp, operators, run = mail.smtp(), mail.operator_list(), context.dagster_run
-    _mail_every_ready(context, mail, source, destination)  # the campaigns of the run that published
+    _mail_every_ready(context, mail, source, destination)
     published = _published(context.instance, run.run_id)
     failed = [cid for cid in run_campaigns(context.instance, run) if cid not in published]
     if smtp is None or not operators or not failed:
-        return None
+        return
     send(smtp, export_failed_message(smtp.sender, operators, failed, run.run_id, _failure_cause(context)))
+
+
+def mail_sensors(interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) -> list[dg.SensorDefinition]:
+    """The export-ready and export-failed mail sensors, checking for finished runs every interval_seconds."""
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name="export_ready_mail_sensor",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Mails each exported campaign's owner and EXPORTS_MAIL_TO a download link and the headline "
+                    "figures after each successful export run (off while EXPORTS_SMTP_HOST is unset).",
+    )
+    def export_ready_mail_sensor(context: dg.RunStatusSensorContext, mail: MailDelivery, source: SourceDatabase,
+                                 destination: ExportDestination):
+        _mail_every_ready(context, mail, source, destination)
+
+    @dg.run_failure_sensor(
+        name="export_failed_mail_sensor",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Mails EXPORTS_MAIL_OPERATORS the failed campaigns and the cause when an export run fails, and "
+                    "the owners of the run's other campaigns their export-ready mail (off while EXPORTS_SMTP_HOST "
+                    "is unset).",
+    )
+    def export_failed_mail_sensor(context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase,
+                                  destination: ExportDestination):
+        _mail_failed(context, mail, source, destination)
+
+    return [export_ready_mail_sensor, export_failed_mail_sensor]

@@ -9,20 +9,21 @@ so a row can commit minutes after rows with later timestamps that a previous tic
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from itertools import takewhile
 
 import dagster as dg
 
 from exports_pipeline.core.catalog import NIL_ID, CampaignRow, Position
+from exports_pipeline.core.errors import ConfigurationError
 from exports_pipeline.defs.jobs import export_campaign_job
 from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import SourceDatabase
 from exports_pipeline.defs.run_requests import export_run_requests
 
 INTERVAL_ENV = "EXPORTS_SENSOR_INTERVAL_SECONDS"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 LOOKBACK = timedelta(minutes=10)  # longer than any transaction that creates or completes a campaign
 PAGE_SIZE = 1_000
 WINDOW_ROWS = 10_000  # rows re-read behind the watermark per tick; a larger burst is left to the id scan
@@ -35,10 +36,15 @@ RUNS_PER_TICK = 200  # completions read past the completion watermark per tick
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def sensor_interval_seconds() -> int:
+def sensor_interval_from_env(environ: Mapping[str, str]) -> int:
     """Dagster takes a sensor's interval when the definitions load, not from an EnvVar: 30 s unless
     EXPORTS_SENSOR_INTERVAL_SECONDS says otherwise (the tests use a few seconds)."""
-    return int(os.environ.get(INTERVAL_ENV, "30"))
+    text = environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_SENSOR_INTERVAL_SECONDS
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigurationError(f"{INTERVAL_ENV}={text!r} is not a positive whole number of seconds")
+    return int(text)
 
 
 def _encode(position: Position) -> list[str]:
@@ -95,13 +101,7 @@ def _reconcile(catalog, registered: set[str], room: int, scan_after: str | None)
     return missing, removed, None if at_end else upper
 
 
-@dg.sensor(
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a 'campaigns' partition for every campaign of the source and removes the partitions "
-                "of campaigns deleted from it.",
-)
-def campaign_partitions_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
+def _register_partitions(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
     """First tick: starts registering every existing campaign, ADDS_PER_TICK per tick.
 
     New campaigns come from the (created_at, id) watermark. A scan by primary key, SCAN_PER_TICK ids
@@ -129,13 +129,7 @@ def campaign_partitions_sensor(context: dg.SensorEvaluationContext, source: Sour
     return dg.SensorResult(dynamic_partitions_requests=requests, cursor=new_cursor)
 
 
-@dg.sensor(
-    job=export_campaign_job,
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Exports a campaign when its status becomes completed (a tick's completions together).",
-)
-def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
+def _export_completions(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
     """Exports each completion once, the completions of a tick together in runs of consecutive partitions
     (run_requests.py); completing again exports again.
 
@@ -176,3 +170,27 @@ def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: Sourc
 
 def _completion(row: CampaignRow) -> str:
     return f"{row.id}:{(row.completed_at or row.updated_at).isoformat()}"
+
+
+def campaign_sensors(interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) -> list[dg.SensorDefinition]:
+    """The partition and completion sensors, ticking every interval_seconds."""
+
+    @dg.sensor(
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds a 'campaigns' partition for every campaign of the source and removes the partitions "
+                    "of campaigns deleted from it.",
+    )
+    def campaign_partitions_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
+        return _register_partitions(context, source)
+
+    @dg.sensor(
+        job=export_campaign_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Exports a campaign when its status becomes completed (a tick's completions together).",
+    )
+    def campaign_completed_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
+        return _export_completions(context, source)
+
+    return [campaign_partitions_sensor, campaign_completed_sensor]

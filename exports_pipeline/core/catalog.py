@@ -24,7 +24,6 @@ from abc import abstractmethod
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 import psycopg
 
@@ -38,7 +37,7 @@ from exports_pipeline.core.source import (
     open_source,
 )
 from exports_pipeline.core.instants import clamped_datetime
-from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
+from exports_pipeline.core.sourceurl import POSTGRESQL, redact_text, redact_url, source_dialect, sqlite_path
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
 Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
@@ -129,13 +128,9 @@ class Catalog(ClosingReader):
 
 
 def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgresql", "postgres"):
+    if source_dialect(url) == POSTGRESQL:
         return PostgresCatalog(url, statement_timeout_ms)
-    if scheme == "sqlite":
-        return SqliteCatalog(url)
-    raise ConfigurationError(
-        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+    return SqliteCatalog(url)
 
 
 def _utc(value: datetime | int | None) -> datetime | None:

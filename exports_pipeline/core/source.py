@@ -29,7 +29,7 @@ from exports_pipeline.core.errors import (
 )
 from exports_pipeline.core.instants import INFINITY_US, NEG_INFINITY_US, UTC_US, fingerprint_instant, holds_any
 from exports_pipeline.core.options import ExportOptions
-from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
+from exports_pipeline.core.sourceurl import POSTGRESQL, redact_text, redact_url, source_dialect, sqlite_path
 
 APPLICATION_NAME = "exports-pipeline"
 
@@ -176,13 +176,9 @@ class SourceReader(ClosingReader):
 
 
 def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgresql", "postgres"):
+    if source_dialect(url) == POSTGRESQL:
         return PostgresSource(url, statement_timeout_ms)
-    if scheme == "sqlite":
-        return SqliteSource(url)
-    raise ConfigurationError(
-        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+    return SqliteSource(url)
 
 
 # --------------------------------------------------------------------------------------------- PostgreSQL

@@ -25,7 +25,7 @@ from exports_pipeline.core.destinations import Destination, open_destination
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
-from exports_pipeline.core.publish import campaign_prefix, read_latest
+from exports_pipeline.core.publish import read_latest, snapshot_folder
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import (
     DESTINATION_ENV,
@@ -281,7 +281,7 @@ def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Des
     """The listing as a table, then how many campaigns match."""
     rows = [[c.id, shorten(single_line(c.name), NAME_COLUMNS, char_width), c.status, f"{c.contacts:,}",
              pointer["snapshot"] if pointer else "-",
-             destination.location(f"{campaign_prefix(c.id)}/{pointer['snapshot']}") if pointer else "-"]
+             destination.location(snapshot_folder(c.id, pointer['snapshot'])) if pointer else "-"]
             for c, pointer in zip(page.campaigns, latest)]
     shown, total = len(rows), page.total
     if not total:

@@ -28,10 +28,12 @@ from exports_pipeline.core.publish import (
     SCHEMA_VERSION,
     StagedFile,
     campaign_prefix,
+    is_run_snapshot,
     move_latest,
     read_latest,
     remove_snapshot,
     snapshot_folder,
+    snapshot_manifest_key,
     snapshot_name,
     upload_snapshot,
 )
@@ -345,7 +347,7 @@ def prepare_publication(staged: StagedExport) -> Publication:
             + "; ".join(f"{c.name} {c.metadata}" for c in failed))
     manifest = build_manifest(staged, [f.describe() for f in staged.files])
     folder = snapshot_folder(staged.campaign_id, staged.snapshot)
-    return Publication(staged, f"{folder}/manifest.json", manifest,
+    return Publication(staged, snapshot_manifest_key(staged.campaign_id, staged.snapshot), manifest,
                        {f.format: f"{folder}/{f.name}" for f in staged.files})
 
 
@@ -372,7 +374,7 @@ def remove_earlier_attempts(destination: Destination, campaign_id: str, run_id: 
     clean-up failed too), so that a run never publishes two snapshots; never the one latest.json names."""
     named = (read_latest(destination, campaign_id) or {}).get("snapshot")
     earlier = {o.key.split("/")[1] for o in destination.list(campaign_prefix(campaign_id) + "/")
-               if o.key.count("/") >= 2 and o.key.split("/")[1].endswith("-" + run_id[:8])}
+               if o.key.count("/") >= 2 and is_run_snapshot(o.key.split("/")[1], run_id)}
     for snapshot in earlier - {named}:
         remove_snapshot(destination, campaign_id, snapshot)
 

@@ -196,9 +196,16 @@ def _export_job(definitions, formats: tuple[str, ...]):
     return definitions.resolve_implicit_global_asset_job_def(), selection
 
 
+def _export_node() -> str:
+    """The export multi_asset's op: the node a run's failure, materializations and config belong to."""
+    from exports_pipeline.defs.assets import campaign_export
+
+    return campaign_export.op.name
+
+
 def _failure_message(result) -> str:
     """What the export raised last (after its retries), without Dagster's wrapping."""
-    failure = result.failure_data_for_node("campaign_export")
+    failure = result.failure_data_for_node(_export_node())
     error = failure.error if failure else None
     while error is not None and error.cause is not None:
         error = error.cause
@@ -209,7 +216,7 @@ def _failure_message(result) -> str:
 
 
 def _summary(name: str, result, seconds: float) -> ExportSummary:
-    materializations = result.asset_materializations_for_node("campaign_export")
+    materializations = result.asset_materializations_for_node(_export_node())
     rows = [m.metadata["dagster/row_count"].value for m in materializations if "dagster/row_count" in m.metadata]
     notes = [e.description for e in result.get_asset_check_evaluations() if not e.passed and e.description]
     return ExportSummary(name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations],
@@ -237,7 +244,7 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
     (job, selection), started = output.job(formats), time.monotonic()  # the run's time, not the imports'
     with output.showing(campaign.name):
         result = job.execute_in_process(
-            run_config={"ops": {"campaign_export": {"config": config}}, "loggers": {"console": {}}},
+            run_config={"ops": {_export_node(): {"config": config}}, "loggers": {"console": {}}},
             instance=instance, partition_key=cid, tags=export_run_tags(cid, trigger, formats, campaign.name),
             asset_selection=selection, raise_on_error=False)
     if not result.success:

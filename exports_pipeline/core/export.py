@@ -69,6 +69,12 @@ from exports_pipeline.core.writers import (
 )
 
 PREVIEW_ROWS = 5
+# The checks' names (SPEC section 6): the export computes them, the Dagster asset checks carry them.
+ROW_COUNT_CHECK = "row_count_matches_source"
+UNIQUE_IDS_CHECK = "contact_id_unique"
+HEADER_CHECK = "header_matches_spec"
+ANOMALIES_CHECK = "no_row_anomalies"
+E164_CHECK = "phone_numbers_e164"
 FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet", "jsonl": "campaign_results.jsonl",
               "xlsx": "campaign_results.xlsx", "csv.gz": "campaign_results.csv.gz", "pdf": "campaign_summary.pdf"}
 STATS_FILE = "campaign_stats.json"
@@ -309,12 +315,12 @@ def _blocking_checks(files: list[StagedFile], columns: list[str], rows: int, exp
     distinct = all_hashes.n_unique()
     header = _written_header(files, columns)
     return [
-        CheckOutcome("row_count_matches_source", rows == expected_rows, True,
+        CheckOutcome(ROW_COUNT_CHECK, rows == expected_rows, True,
                      "Rows written equal the contacts selected in the same snapshot.",
                      {"rows_written": rows, "contacts_selected": expected_rows}),
-        CheckOutcome("contact_id_unique", distinct == all_hashes.len(), True,
+        CheckOutcome(UNIQUE_IDS_CHECK, distinct == all_hashes.len(), True,
                      "Each contact appears once.", {"rows": all_hashes.len(), "distinct_contact_ids": distinct}),
-        CheckOutcome("header_matches_spec", header == columns, True,
+        CheckOutcome(HEADER_CHECK, header == columns, True,
                      "Header is the SPEC section 3 column list for the options used.",
                      {"expected": ",".join(columns), "written": ",".join(header)}),
     ]

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from exports_pipeline import __version__
 from exports_pipeline.core.destinations import Destination
 from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError, InvalidInputError
+from exports_pipeline.core.fingerprint import fingerprint_fields
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import ExportOptions, export_columns
 from exports_pipeline.core.publish import (
@@ -44,7 +45,6 @@ from exports_pipeline.core.source import (
     CONTACTS_SCHEMA,
     CampaignInfo,
     SourceReader,
-    fingerprint_fields,
     open_source,
 )
 from exports_pipeline.core.spill import (

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from exports_pipeline.core.errors import ExportError
+from exports_pipeline.core.fingerprint import STREAMS
 from exports_pipeline.core.sourceurl import redact_text
 
 _SIGN_BIT = 1 << 63  # flipped on the bits of epoch microseconds, it makes unsigned (and text) order time order
@@ -155,11 +156,11 @@ class _PieceWriter:
             writer.write_table(index)
 
 
-# Per table: its contact's order key columns, and the instant the source fingerprint takes the max of.
+# Per table: its contact's order key columns (the instant the fingerprint takes the max of: fingerprint.STREAMS).
 TABLE_KEYS = {
-    "contacts": (("created_at", "id"), pl.col("updated_at")),
-    "attempts": (("contact_created_at", "contact_id"), pl.coalesce("ended_at", "started_at")),
-    "answers": (("contact_created_at", "contact_id"), pl.col("answered_at")),
+    "contacts": ("created_at", "id"),
+    "attempts": ("contact_created_at", "contact_id"),
+    "answers": ("contact_created_at", "contact_id"),
 }
 
 
@@ -174,7 +175,8 @@ class StreamTally:
 
 def spill_table(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str) -> StreamTally:
     """Route a table's rows to their buckets; rows whose contact is not the campaign's are only counted."""
-    (created_at, contact_id), instant = TABLE_KEYS[table]
+    created_at, contact_id = TABLE_KEYS[table]
+    instant = STREAMS[table].activity_expr()
     tally = StreamTally()
     for frame in frames:
         tally.rows += frame.height

@@ -19,6 +19,6 @@ defs = dg.Definitions(
              export_ready_mail_sensor, export_failed_mail_sensor],
     resources=default_resources() | {"mail": MailDelivery()},
     # Every job here is a single step: a step subprocess per run (the multiprocess default) would only add
-    # a Python start-up and a second import of the project (~5 s of CPU) to each of thousands of runs.
+    # a Python start-up and a second import of Dagster and the project to each of thousands of runs.
     executor=dg.in_process_executor,
 )

@@ -4,7 +4,7 @@ No Dagster here. Every listing is a keyset page (``ORDER BY key LIMIT n`` after 
 sensor tick costs a few short statements whatever the number of campaigns. PostgreSQL: one
 autocommit connection, read-only, named application_name=exports-pipeline, every statement bounded
 by a statement timeout. Listing by id uses the primary key; listing by (created_at, id) or
-(updated_at, id) scans the campaigns table (tens of thousands of rows: milliseconds) unless the
+(updated_at, id) scans the campaigns table (tens of thousands of rows: a short scan) unless the
 indexes the README recommends exist. SQLite (the embedded demo, a handful of campaigns): the
 campaigns table is read whole and paged in Python, because its ids and timestamps are free-form text.
 
@@ -13,7 +13,7 @@ Fingerprints (SPEC section 5) for many campaigns: one set-based query per page o
 delegates to SourceReader.
 
 Search (the `campaigns` command): any part of the name or id, case-insensitive. PostgreSQL: one ILIKE
-scan of the campaigns table (tens of thousands of rows: milliseconds, no extension or index needed),
+scan of the campaigns table (tens of thousands of rows: a short scan, no extension or index needed),
 sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
 SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """

@@ -80,10 +80,9 @@ FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parque
 STATS_FILE = "campaign_stats.json"
 ROW_FORMATS = ("csv", "parquet", "jsonl", "xlsx", "csv.gz")
 # From this size on, each table is read in its own process. Below it, threads of this process are
-# quicker and smaller (measured: 100k contacts 1.9 s against 3.0 s, 1M 17.6 s and 583 MiB against 18.6 s
-# and 744 MiB: each process costs about 0.5 s of CPU and 120 MiB to start). Above it, the readers' turns
-# at the GIL (connectorx keeps it while it reads) let unread frames pile up: threads at 10M took
-# 285 s and 1.6 GiB, processes 170 s and 760 MiB.
+# quicker and smaller (a process costs CPU time and memory to start). Above it, the readers' turns at
+# the GIL (connectorx keeps it while it reads) let unread frames pile up in memory. The figures:
+# docs/performance.md, "Figures behind the code's choices".
 READER_PROCESSES_MIN_CONTACTS = 2_000_000
 
 

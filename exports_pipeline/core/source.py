@@ -274,10 +274,10 @@ def unreadable_instants_sql(campaign_id: str) -> str:
         for table, (row_id, columns) in _INSTANT_COLUMNS.items() for column in columns)
 
 
-# The attempts and answers reads join to the campaign's contacts through an in-memory hash of them:
-# 834 MB for 10M contacts (EXPLAIN ANALYZE). When it does not fit in work_mem x hash_mem_multiplier,
-# PostgreSQL falls back to index lookups per attempt, which took 153 s instead of 55 s at 10M contacts.
-# So the reading sessions, and only their hash tables, get the memory the campaign needs.
+# The attempts and answers reads join to the campaign's contacts through an in-memory hash of them.
+# When it does not fit in work_mem x hash_mem_multiplier, PostgreSQL falls back to index lookups per
+# attempt, which are much slower (docs/performance.md, "Figures behind the code's choices"). So the
+# reading sessions, and only their hash tables, get the memory the campaign needs.
 JOIN_HASH_BYTES_PER_CONTACT = 128  # with a margin for the planner's estimate
 READ_WORK_MEM_BYTES = 256 * 2**20
 

@@ -135,7 +135,7 @@ class _PieceWriter:
         """run: rows sorted by bucket; starts: the first row of each bucket in it, then its length."""
         table = run.to_arrow().combine_chunks()
         if self._writer is None:
-            # Buffered: unbuffered, every buffer of every small piece was a system call of its own (3x slower).
+            # Buffered: unbuffered, every buffer of every small piece would be a system call of its own.
             self._sink = pa.BufferedOutputStream(pa.OSFile(str(self.path), "wb"), buffer_size=1 << 20)
             self._writer = ipc.new_file(self._sink, table.schema)
         rows = table.to_batches()[0]  # one batch: the run is one chunk, and never empty

@@ -13,7 +13,7 @@ Fingerprints (SPEC section 5) for many campaigns: one set-based query per page o
 delegates to SourceReader.
 
 Search (the `campaigns` command): any part of the name or id, case-insensitive. PostgreSQL: one ILIKE
-scan of the campaigns table (tens of thousands of rows: a short scan, no extension or index needed),
+scan of the campaigns table (tens of thousands of rows, no extension or index needed),
 sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
 SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """

@@ -120,7 +120,7 @@ def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, f
         if stored != record["bytes"]:
             raise PublicationError(f"{staged.name}: stored {stored} bytes, wrote {record['bytes']}")
     key = snapshot_manifest_key(campaign_id, snapshot)
-    destination.put_bytes(key, json.dumps(manifest, indent=2, ensure_ascii=False).encode(), "application/json")
+    destination.put_bytes(key, json.dumps(manifest, indent=2, ensure_ascii=False).encode(), CONTENT_TYPES["json"])
     return key
 
 
@@ -143,6 +143,6 @@ def move_latest(destination: Destination, campaign_id: str, snapshot: str, manif
         named = json.loads(data)["snapshot"] if data is not None else None
         if named is not None and named >= snapshot:
             return named == snapshot
-        if destination.write_if_version(key, data=payload, version=version, content_type="application/json"):
+        if destination.write_if_version(key, data=payload, version=version, content_type=CONTENT_TYPES["json"]):
             return True
     raise PublicationError(f"latest.json of campaign {campaign_id} kept changing; gave up moving it")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import connectorx as cx
@@ -159,7 +160,8 @@ class SourceReader(ClosingReader):
 
     @abstractmethod
     def fingerprint(self, campaign_id: str) -> dict:
-        """SPEC section 5: what 'changed since the last export' compares (see fingerprint.py)."""
+        """SPEC section 5: what 'changed since the last export' compares (see fingerprint.py).
+        CampaignNotFoundError for a campaign the source does not hold."""
 
     def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, "SnapshotQuery"] | None:
         """The contacts, attempts and answers streams as queries another process can read in this
@@ -379,12 +381,20 @@ def _answers_sql(campaign_id: str) -> str:
             f"WHERE r.campaign_id = '{campaign_id}'")
 
 
-# The streams as PostgreSQL reads them: their SQL, their frames' schema, whether they refuse NaN costs,
-# and whether they join to the campaign's contacts (join_hash_mem_multiplier).
+class _StreamRead(NamedTuple):
+    """A stream as PostgreSQL reads it."""
+
+    sql: Callable[[str], str]  # from the campaign id
+    schema: dict
+    rejects_nan_costs: bool
+    joins_contacts: bool  # sized by join_hash_mem_multiplier
+
+
 _STREAM_READS = {
-    "contacts": (_contacts_sql, CONTACTS_SCHEMA, False, False),
-    "attempts": (_attempts_sql, {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, True, True),
-    "answers": (_answers_sql, ANSWERS_SCHEMA, False, True),
+    "contacts": _StreamRead(_contacts_sql, CONTACTS_SCHEMA, rejects_nan_costs=False, joins_contacts=False),
+    "attempts": _StreamRead(_attempts_sql, {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True,
+                            joins_contacts=True),
+    "answers": _StreamRead(_answers_sql, ANSWERS_SCHEMA, rejects_nan_costs=False, joins_contacts=True),
 }
 
 
@@ -424,10 +434,10 @@ class PostgresSource(SourceReader):
         _require_columns(found)
 
     def _query(self, stream: str, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
-        sql, schema, rejects_nan_costs, joins = _STREAM_READS[stream]
-        hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts if joins else 0)}"
-        return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), sql(campaign_id), schema,
-                             unreadable_instants_sql(campaign_id), rejects_nan_costs)
+        read = _STREAM_READS[stream]
+        hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts if read.joins_contacts else 0)}"
+        return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), read.sql(campaign_id),
+                             read.schema, unreadable_instants_sql(campaign_id), read.rejects_nan_costs)
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
         rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, updated_at "

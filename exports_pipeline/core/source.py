@@ -552,7 +552,8 @@ def _as_text(columns: dict[str, str]) -> str:
 def _with_contact(alias: str, campaign_id: str) -> str:
     """The join that gives each row its contact's created_at, when the contact is the campaign's."""
     return (f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
-            f"AND {_uuid_match('c.campaign_id', campaign_id)} WHERE {_uuid_match(alias + '.campaign_id', campaign_id)}")
+            f"AND {_uuid_match('c.campaign_id', campaign_id)} "
+            f"WHERE {_uuid_match(alias + '.campaign_id', campaign_id)}")
 
 
 def _read_text(cx_url: str, sql: str, columns: list[str]) -> pl.DataFrame:
@@ -568,6 +569,7 @@ def _read_text(cx_url: str, sql: str, columns: list[str]) -> pl.DataFrame:
     return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
 
 
+_SQLITE_CONTACTS = {column: f"c.{column}" for column in CONTACTS_SCHEMA}
 _SQLITE_ATTEMPTS = {"contact_created_at": "c.created_at", "id": "a.id", "contact_id": "a.contact_id",
                     "attempt_number": "a.attempt_number", "status": "a.status", "started_at": "a.started_at",
                     "ended_at": "a.ended_at", "ended_reason": "a.ended_reason", "cost_text": "a.cost_usd",
@@ -580,8 +582,8 @@ _SQLITE_TRANSCRIPT = (
     "CASE WHEN json_valid(a.transcript) THEN CASE WHEN json_type(a.transcript) = 'object' "
     "     AND json_type(a.transcript, '$.text') = 'text' THEN substr(json_extract(a.transcript, '$.text'), 1, 100) "
     "     END END AS transcript_summary")
-_SQLITE_ANSWERS = {"contact_created_at": "c.created_at", "contact_id": "r.contact_id", "position": "r.question_position",
-                   "answer": "r.answer", "answered_at": "r.answered_at"}
+_SQLITE_ANSWERS = {"contact_created_at": "c.created_at", "contact_id": "r.contact_id",
+                   "position": "r.question_position", "answer": "r.answer", "answered_at": "r.answered_at"}
 
 
 class SqliteSource(SourceReader):
@@ -638,8 +640,8 @@ class SqliteSource(SourceReader):
         where = _uuid_match("c.campaign_id", campaign_id)
         if states is not None:
             where += f" AND c.state IN ({_in_list(list(states))})"
-        frame = _read_text(self._cx_url, f"SELECT {_as_text({col: f'c.{col}' for col in CONTACTS_SCHEMA})} FROM contacts c "
-                                f"WHERE {where}", list(CONTACTS_SCHEMA))
+        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_CONTACTS)} FROM contacts c WHERE {where}",
+                           list(_SQLITE_CONTACTS))
         frame = _timestamps(frame.with_columns(_canonical_uuid_expr("id")), "contacts",
                             ["last_attempt_at", "completed_at", "created_at", "updated_at"], "id")
         return frame.cast(CONTACTS_SCHEMA)
@@ -660,8 +662,8 @@ class SqliteSource(SourceReader):
 
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ATTEMPTS)}, {_SQLITE_TRANSCRIPT} "
-                                f"FROM call_attempts a {_with_contact('a', campaign_id)}",
-                                [*_SQLITE_ATTEMPTS, "transcript_kind", "transcript_summary"])
+                           f"FROM call_attempts a {_with_contact('a', campaign_id)}",
+                           [*_SQLITE_ATTEMPTS, "transcript_kind", "transcript_summary"])
         frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"))
         frame = _timestamps(frame, "call_attempts", ["contact_created_at", "started_at", "ended_at"], "id")
         units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"])]
@@ -670,16 +672,16 @@ class SqliteSource(SourceReader):
 
     def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ANSWERS)} FROM survey_responses r "
-                                f"{_with_contact('r', campaign_id)}", list(_SQLITE_ANSWERS))
+                           f"{_with_contact('r', campaign_id)}", list(_SQLITE_ANSWERS))
         frame = _timestamps(frame.with_columns(_canonical_uuid_expr("contact_id")), "survey_responses",
                             ["contact_created_at", "answered_at"], "contact_id")
         yield frame.cast(ANSWERS_SCHEMA)
 
     def _activity(self, stream: Stream, campaign_id: str) -> tuple[int, int | None]:
         """How many rows of the stream the campaign has, and their latest activity instant."""
-        rows = self._rows(f"SELECT CAST({stream.activity_sql()} AS TEXT), CAST({stream.row_id} AS TEXT) "
-                          f"FROM {stream.table} WHERE {_uuid_match('campaign_id', campaign_id)}")
         at = stream.activity_sql()
+        rows = self._rows(f"SELECT CAST({at} AS TEXT), CAST({stream.row_id} AS TEXT) "
+                          f"FROM {stream.table} WHERE {_uuid_match('campaign_id', campaign_id)}")
         frame = _timestamps(pl.DataFrame(rows, schema={at: pl.String, "id": pl.String}, orient="row"),
                             stream.table, [at], "id")
         return len(rows), frame.select(pl.col(at).dt.epoch("us").max()).item()

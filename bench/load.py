@@ -62,13 +62,14 @@ import yaml
 
 from bench import MIB, PAGE, git_revision, proc_stats, with_database  # bench/bench.py, the export benchmark
 from exports_pipeline.core.sourceurl import redact_text, redact_url
+from exports_pipeline.run_tags import EXPORT_JOB
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BIN = Path(sys.executable).parent
 WORKSPACE = REPO / "workspace.yaml"
 REPOSITORY_NAME = "__repository__"  # the name Dagster gives the repository of a dg.Definitions
-PARTITION_SET = "export_campaign_partition_set"  # the export_campaign job's partition set
+PARTITION_SET = f"{EXPORT_JOB}_partition_set"  # the export job's partition set, as Dagster names it
 BACKFILL_TAG = "dagster/backfill"
 PROGRESS_EVERY_S = 30.0
 STARTUP_TIMEOUT_S = 300.0

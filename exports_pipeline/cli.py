@@ -25,7 +25,7 @@ from exports_pipeline.core.destinations import Destination, endpoint_variable, o
 from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import CONTACT_STATES, DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, FORMATS
-from exports_pipeline.core.publish import campaign_prefix, read_latest
+from exports_pipeline.core.publish import read_latest, snapshot_folder
 from exports_pipeline.core.source import open_source
 from exports_pipeline.core.sourceurl import DEMO_DIR_ENV, Locations, demo_locations, resolve_locations, sqlite_path
 from exports_pipeline.core.text import char_width, shorten, single_line
@@ -206,9 +206,16 @@ def _export_job(definitions, formats: tuple[str, ...]):
     return definitions.resolve_implicit_global_asset_job_def(), selection
 
 
+def _export_node() -> str:
+    """The export multi_asset's op: the node a run's failure, materializations and config belong to."""
+    from exports_pipeline.defs.assets import campaign_export
+
+    return campaign_export.op.name
+
+
 def _failure_message(result) -> str:
     """What the export raised last (after its retries), without Dagster's wrapping."""
-    failure = result.failure_data_for_node("campaign_export")
+    failure = result.failure_data_for_node(_export_node())
     error = failure.error if failure else None
     while error is not None and error.cause is not None:
         error = error.cause
@@ -219,7 +226,7 @@ def _failure_message(result) -> str:
 
 
 def _summary(name: str, result, seconds: float) -> ExportSummary:
-    materializations = result.asset_materializations_for_node("campaign_export")
+    materializations = result.asset_materializations_for_node(_export_node())
     rows = [m.metadata["dagster/row_count"].value for m in materializations if "dagster/row_count" in m.metadata]
     notes = [e.description for e in result.get_asset_check_evaluations() if not e.passed and e.description]
     return ExportSummary(name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations],
@@ -246,7 +253,7 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
     (job, selection), started = output.job(formats, locations), time.monotonic()  # the run's time, not the imports'
     with output.showing(campaign.name):
         result = job.execute_in_process(
-            run_config={"ops": {"campaign_export": {"config": config}}, "loggers": {"console": {}}},
+            run_config={"ops": {_export_node(): {"config": config}}, "loggers": {"console": {}}},
             instance=instance, partition_key=cid, tags=export_run_tags(cid, trigger, formats, campaign.name),
             asset_selection=selection, raise_on_error=False)
     if not result.success:
@@ -290,7 +297,7 @@ def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Des
     """The listing as a table, then how many campaigns match."""
     rows = [[c.id, shorten(single_line(c.name), NAME_COLUMNS, char_width), c.status, f"{c.contacts:,}",
              pointer["snapshot"] if pointer else "-",
-             destination.location(f"{campaign_prefix(c.id)}/{pointer['snapshot']}") if pointer else "-"]
+             destination.location(snapshot_folder(c.id, pointer['snapshot'])) if pointer else "-"]
             for c, pointer in zip(page.campaigns, latest)]
     shown, total = len(rows), page.total
     if not total:

@@ -4,15 +4,16 @@ No Dagster here. Every listing is a keyset page (``ORDER BY key LIMIT n`` after 
 sensor tick costs a few short statements whatever the number of campaigns. PostgreSQL: one
 autocommit connection, read-only, named application_name=exports-pipeline, every statement bounded
 by a statement timeout. Listing by id uses the primary key; listing by (created_at, id) or
-(updated_at, id) scans the campaigns table (tens of thousands of rows: milliseconds) unless the
+(updated_at, id) scans the campaigns table (tens of thousands of rows: a short scan) unless the
 indexes the README recommends exist. SQLite (the embedded demo, a handful of campaigns): the
 campaigns table is read whole and paged in Python, because its ids and timestamps are free-form text.
 
-Fingerprints (SPEC section 5) for many campaigns: one set-based query per page of ids in PostgreSQL,
-giving exactly what SourceReader.fingerprint gives per campaign; SQLite delegates to SourceReader.
+Fingerprints (SPEC section 5) for many campaigns: one set-based query per page of ids in PostgreSQL
+(fingerprint.postgres_fingerprints, which PostgresSource.fingerprint runs for one campaign); SQLite
+delegates to SourceReader.
 
 Search (the `campaigns` command): any part of the name or id, case-insensitive. PostgreSQL: one ILIKE
-scan of the campaigns table (tens of thousands of rows: milliseconds, no extension or index needed),
+scan of the campaigns table (tens of thousands of rows, no extension or index needed),
 sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
 SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """
@@ -24,21 +25,20 @@ from abc import abstractmethod
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 import psycopg
 
 from exports_pipeline.core.errors import ConfigurationError, InvalidInputError, SourceUnavailableError
+from exports_pipeline.core.fingerprint import postgres_fingerprints
 from exports_pipeline.core.ids import parse_campaign_id
+from exports_pipeline.core.instants import clamped_datetime
 from exports_pipeline.core.source import (
     ClosingReader,
     connect_reading,
-    fingerprint_fields,
     instant_micros,
     open_source,
 )
-from exports_pipeline.core.instants import clamped_datetime
-from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
+from exports_pipeline.core.sourceurl import POSTGRESQL, redact_text, redact_url, source_dialect, sqlite_path
 
 NIL_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every campaign id
 Position = tuple[datetime, str]  # a keyset position: (timestamp, campaign id)
@@ -129,13 +129,9 @@ class Catalog(ClosingReader):
 
 
 def open_catalog(url: str, statement_timeout_ms: int = 30_000) -> Catalog:
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgresql", "postgres"):
+    if source_dialect(url) == POSTGRESQL:
         return PostgresCatalog(url, statement_timeout_ms)
-    if scheme == "sqlite":
-        return SqliteCatalog(url)
-    raise ConfigurationError(
-        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+    return SqliteCatalog(url)
 
 
 def _utc(value: datetime | int | None) -> datetime | None:
@@ -186,27 +182,8 @@ class PostgresCatalog(Catalog):
                                           (after or NIL_ID, limit))]
 
     def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
-        ids = sorted(canonical_ids(campaign_ids))
-        if not ids:
-            return {}
-        # The aggregates of PostgresSource.fingerprint, grouped by campaign. The child tables are read over
-        # the id range of the page (one index range scan each; callers pass consecutive ids in order),
-        # which PostgreSQL does several times faster than probing the index once per id.
-        in_range = "campaign_id BETWEEN %(first)s::uuid AND %(last)s::uuid"
-        rows = self._rows(
-            "SELECT c.id::text, c.updated_at, coalesce(ct.n, 0), ct.m, coalesce(a.n, 0), a.m, coalesce(r.n, 0), r.m, "
-            "       coalesce(q.n, 0) "
-            "FROM campaigns c "
-            "LEFT JOIN (SELECT campaign_id, count(*) n, max(updated_at) m FROM contacts "
-            f"           WHERE {in_range} GROUP BY campaign_id) ct ON ct.campaign_id = c.id "
-            "LEFT JOIN (SELECT campaign_id, count(*) n, max(coalesce(ended_at, started_at)) m FROM call_attempts "
-            f"           WHERE {in_range} GROUP BY campaign_id) a ON a.campaign_id = c.id "
-            "LEFT JOIN (SELECT campaign_id, count(*) n, max(answered_at) m FROM survey_responses "
-            f"           WHERE {in_range} GROUP BY campaign_id) r ON r.campaign_id = c.id "
-            "LEFT JOIN (SELECT campaign_id, count(*) n FROM survey_questions "
-            f"           WHERE {in_range} GROUP BY campaign_id) q ON q.campaign_id = c.id "
-            "WHERE c.id = ANY(%(ids)s::uuid[])", {"ids": ids, "first": ids[0], "last": ids[-1]}, binary=True)
-        return {row[0]: fingerprint_fields(row[1:]) for row in rows}
+        return postgres_fingerprints(lambda sql, params: self._rows(sql, params, binary=True),
+                                     sorted(canonical_ids(campaign_ids)))
 
     def names(self, campaign_ids: list[str]) -> dict[str, str]:
         rows = self._rows("SELECT id::text, name FROM campaigns WHERE id = ANY(%s::uuid[])",

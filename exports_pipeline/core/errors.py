@@ -30,6 +30,10 @@ class ConfigurationError(ExportError):
     """Settings (environment, destination) are missing or inconsistent."""
 
 
+class UnsupportedSourceError(ConfigurationError, ValueError):
+    """A source URL of a database the export does not read (a ValueError too: the seed's callers catch that)."""
+
+
 class PublicationError(ExportError):
     """Writing the snapshot to the destination failed; nothing was published."""
 

@@ -22,16 +22,19 @@ import pyarrow.parquet as pq
 from exports_pipeline import __version__
 from exports_pipeline.core.destinations import Destination
 from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError, InvalidInputError
+from exports_pipeline.core.fingerprint import fingerprint_fields
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import ExportOptions, export_columns
 from exports_pipeline.core.publish import (
     SCHEMA_VERSION,
     StagedFile,
     campaign_prefix,
+    is_run_snapshot,
     move_latest,
     read_latest,
     remove_snapshot,
     snapshot_folder,
+    snapshot_manifest_key,
     snapshot_name,
     upload_snapshot,
 )
@@ -42,7 +45,6 @@ from exports_pipeline.core.source import (
     CONTACTS_SCHEMA,
     CampaignInfo,
     SourceReader,
-    fingerprint_fields,
     open_source,
 )
 from exports_pipeline.core.spill import (
@@ -67,15 +69,20 @@ from exports_pipeline.core.writers import (
 )
 
 PREVIEW_ROWS = 5
+# The checks' names (SPEC section 6): the export computes them, the Dagster asset checks carry them.
+ROW_COUNT_CHECK = "row_count_matches_source"
+UNIQUE_IDS_CHECK = "contact_id_unique"
+HEADER_CHECK = "header_matches_spec"
+ANOMALIES_CHECK = "no_row_anomalies"
+E164_CHECK = "phone_numbers_e164"
 FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet", "jsonl": "campaign_results.jsonl",
               "xlsx": "campaign_results.xlsx", "csv.gz": "campaign_results.csv.gz", "pdf": "campaign_summary.pdf"}
 STATS_FILE = "campaign_stats.json"
 ROW_FORMATS = ("csv", "parquet", "jsonl", "xlsx", "csv.gz")
 # From this size on, each table is read in its own process. Below it, threads of this process are
-# quicker and smaller (measured: 100k contacts 1.9 s against 3.0 s, 1M 17.6 s and 583 MiB against 18.6 s
-# and 744 MiB: each process costs about 0.5 s of CPU and 120 MiB to start). Above it, the readers' turns
-# at the GIL (connectorx keeps it while it reads) let unread frames pile up: threads at 10M took
-# 285 s and 1.6 GiB, processes 170 s and 760 MiB.
+# quicker and smaller (a process costs CPU time and memory to start). Above it, the readers' turns at
+# the GIL (connectorx keeps it while it reads) let unread frames pile up in memory. The figures:
+# docs/performance.md, "Figures behind the code's choices".
 READER_PROCESSES_MIN_CONTACTS = 2_000_000
 
 
@@ -307,12 +314,12 @@ def _blocking_checks(files: list[StagedFile], columns: list[str], rows: int, exp
     distinct = all_hashes.n_unique()
     header = _written_header(files, columns)
     return [
-        CheckOutcome("row_count_matches_source", rows == expected_rows, True,
+        CheckOutcome(ROW_COUNT_CHECK, rows == expected_rows, True,
                      "Rows written equal the contacts selected in the same snapshot.",
                      {"rows_written": rows, "contacts_selected": expected_rows}),
-        CheckOutcome("contact_id_unique", distinct == all_hashes.len(), True,
+        CheckOutcome(UNIQUE_IDS_CHECK, distinct == all_hashes.len(), True,
                      "Each contact appears once.", {"rows": all_hashes.len(), "distinct_contact_ids": distinct}),
-        CheckOutcome("header_matches_spec", header == columns, True,
+        CheckOutcome(HEADER_CHECK, header == columns, True,
                      "Header is the SPEC section 3 column list for the options used.",
                      {"expected": ",".join(columns), "written": ",".join(header)}),
     ]
@@ -345,7 +352,7 @@ def prepare_publication(staged: StagedExport) -> Publication:
             + "; ".join(f"{c.name} {c.metadata}" for c in failed))
     manifest = build_manifest(staged, [f.describe() for f in staged.files])
     folder = snapshot_folder(staged.campaign_id, staged.snapshot)
-    return Publication(staged, f"{folder}/manifest.json", manifest,
+    return Publication(staged, snapshot_manifest_key(staged.campaign_id, staged.snapshot), manifest,
                        {f.format: f"{folder}/{f.name}" for f in staged.files})
 
 
@@ -372,7 +379,7 @@ def remove_earlier_attempts(destination: Destination, campaign_id: str, run_id: 
     clean-up failed too), so that a run never publishes two snapshots; never the one latest.json names."""
     named = (read_latest(destination, campaign_id) or {}).get("snapshot")
     earlier = {o.key.split("/")[1] for o in destination.list(campaign_prefix(campaign_id) + "/")
-               if o.key.count("/") >= 2 and o.key.split("/")[1].endswith("-" + run_id[:8])}
+               if o.key.count("/") >= 2 and is_run_snapshot(o.key.split("/")[1], run_id)}
     for snapshot in earlier - {named}:
         remove_snapshot(destination, campaign_id, snapshot)
 

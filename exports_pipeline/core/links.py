@@ -8,7 +8,7 @@ from __future__ import annotations
 from exports_pipeline.core.destinations import Destination
 from exports_pipeline.core.errors import ConfigurationError, ExportError
 from exports_pipeline.core.ids import parse_campaign_id
-from exports_pipeline.core.publish import campaign_prefix, read_manifest
+from exports_pipeline.core.publish import campaign_prefix, read_manifest, snapshot_folder
 
 LINK_EXPIRY_ENV = "EXPORTS_LINK_EXPIRY_SECONDS"
 DEFAULT_LINK_EXPIRY_SECONDS = 3600
@@ -32,7 +32,7 @@ def whole_seconds(text: str, name: str) -> int:
 
 def file_link(destination: Destination, campaign_id: str, snapshot: str, record: dict, expires_in: int) -> str:
     """The link to one file of a snapshot, given its manifest record."""
-    key = f"{campaign_prefix(campaign_id)}/{snapshot}/{record['name']}"
+    key = f"{snapshot_folder(campaign_id, snapshot)}/{record['name']}"
     return destination.link(key, f"campaign-{campaign_id}-{snapshot}.{record['format']}", expires_in)
 
 

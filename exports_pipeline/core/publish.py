@@ -8,13 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from exports_pipeline.core.destinations import Destination
 from exports_pipeline.core.errors import PublicationError
 
 SCHEMA_VERSION = 1
+# The layout (SPEC section 4): campaign_id=<id>/<snapshot>/<file>, and campaign_id=<id>/latest.json.
+CAMPAIGN_FOLDER = "campaign_id="
+SNAPSHOT_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+RUN_ID_CHARS = 8
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "latest.json"
 CONTENT_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
@@ -45,16 +51,50 @@ class StagedFile:
 
 
 def snapshot_name(snapshot_time: datetime, run_id: str) -> str:
-    """UTC time of the source snapshot to the microsecond, then the run id's first 8 characters."""
-    return snapshot_time.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + run_id[:8]
+    """UTC time of the source snapshot to the microsecond, then the run id's first RUN_ID_CHARS characters."""
+    return snapshot_time.strftime(SNAPSHOT_TIME_FORMAT) + _run_suffix(run_id)
+
+
+def _run_suffix(run_id: str) -> str:
+    return "-" + run_id[:RUN_ID_CHARS]
+
+
+def is_run_snapshot(snapshot: str, run_id: str) -> bool:
+    """Whether snapshot_name gave this name to a snapshot of this run."""
+    return snapshot.endswith(_run_suffix(run_id))
+
+
+def snapshot_time(name: str) -> datetime | None:
+    """The source snapshot time a snapshot folder is named after; None for other names."""
+    try:
+        return datetime.strptime(name.split("-", 1)[0], SNAPSHOT_TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def campaign_prefix(campaign_id: str) -> str:
-    return f"campaign_id={campaign_id}"
+    return f"{CAMPAIGN_FOLDER}{campaign_id}"
+
+
+def campaign_of(folder: str) -> str | None:
+    """The campaign id a top-level folder is named after (campaign_prefix's inverse); None for other folders."""
+    return folder.removeprefix(CAMPAIGN_FOLDER) if folder.startswith(CAMPAIGN_FOLDER) else None
+
+
+def snapshot_folder(campaign_id: str, snapshot: str) -> str:
+    return f"{campaign_prefix(campaign_id)}/{snapshot}"
+
+
+def snapshot_manifest_key(campaign_id: str, snapshot: str) -> str:
+    return f"{snapshot_folder(campaign_id, snapshot)}/{MANIFEST_FILE}"
+
+
+def is_manifest(key: str) -> bool:
+    return key.endswith("/" + MANIFEST_FILE)
 
 
 def latest_key(campaign_id: str) -> str:
-    return f"{campaign_prefix(campaign_id)}/latest.json"
+    return f"{campaign_prefix(campaign_id)}/{LATEST_FILE}"
 
 
 def read_latest(destination: Destination, campaign_id: str) -> dict | None:
@@ -79,19 +119,15 @@ def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, f
         stored = destination.upload_file(f"{folder}/{staged.name}", staged.path, CONTENT_TYPES[staged.format])
         if stored != record["bytes"]:
             raise PublicationError(f"{staged.name}: stored {stored} bytes, wrote {record['bytes']}")
-    manifest_key = f"{folder}/manifest.json"
-    destination.put_bytes(manifest_key, json.dumps(manifest, indent=2, ensure_ascii=False).encode(), "application/json")
-    return manifest_key
-
-
-def snapshot_folder(campaign_id: str, snapshot: str) -> str:
-    return f"{campaign_prefix(campaign_id)}/{snapshot}"
+    key = snapshot_manifest_key(campaign_id, snapshot)
+    destination.put_bytes(key, json.dumps(manifest, indent=2, ensure_ascii=False).encode(), CONTENT_TYPES["json"])
+    return key
 
 
 def remove_snapshot(destination: Destination, campaign_id: str, snapshot: str) -> None:
     """Delete what a snapshot folder holds, its manifest first, so that nothing of it is reachable."""
     keys = [o.key for o in destination.list(snapshot_folder(campaign_id, snapshot) + "/")]
-    destination.delete(sorted(keys, key=lambda key: not key.endswith("/manifest.json")))
+    destination.delete(sorted(keys, key=lambda key: not is_manifest(key)))
 
 
 def move_latest(destination: Destination, campaign_id: str, snapshot: str, manifest_key: str) -> bool:
@@ -107,6 +143,6 @@ def move_latest(destination: Destination, campaign_id: str, snapshot: str, manif
         named = json.loads(data)["snapshot"] if data is not None else None
         if named is not None and named >= snapshot:
             return named == snapshot
-        if destination.write_if_version(key, data=payload, version=version, content_type="application/json"):
+        if destination.write_if_version(key, data=payload, version=version, content_type=CONTENT_TYPES["json"]):
             return True
     raise PublicationError(f"latest.json of campaign {campaign_id} kept changing; gave up moving it")

@@ -25,10 +25,15 @@ from pathlib import Path
 
 from exports_pipeline.core.destinations import Destination, StoredObject
 from exports_pipeline.core.errors import ConfigurationError
-from exports_pipeline.core.publish import read_latest
+from exports_pipeline.core.publish import (
+    campaign_of,
+    is_manifest,
+    read_latest,
+    snapshot_folder,
+    snapshot_manifest_key,
+    snapshot_time,
+)
 
-SNAPSHOT_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-CAMPAIGN_FOLDER = "campaign_id="
 STAGING_PREFIX = "exports-pipeline-"  # the prefix of stage_export's temporary folder
 REMOVAL_REASONS = ("expired", "incomplete", "partial", "staging")
 
@@ -42,14 +47,6 @@ class Removal:
     keys: tuple[str, ...]
 
 
-def snapshot_time(name: str) -> datetime | None:
-    """The source snapshot time a snapshot folder is named after; None for other names."""
-    try:
-        return datetime.strptime(name.split("-", 1)[0], SNAPSHOT_TIME_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
 def plan_retention(destination: Destination, retention_days: int, *, leftover_grace: timedelta = timedelta(hours=24),
                    now: datetime | None = None) -> list[Removal]:
     """What apply_retention would remove, campaign by campaign (the listing comes in key order)."""
@@ -58,15 +55,16 @@ def plan_retention(destination: Destination, retention_days: int, *, leftover_gr
     now = now or datetime.now(timezone.utc)
     removals: list[Removal] = []
     for folder, objects in groupby(destination.list(""), key=lambda o: o.key.split("/", 1)[0]):
-        if folder.startswith(CAMPAIGN_FOLDER):
-            removals += _campaign_removals(destination, folder, list(objects), now - timedelta(days=retention_days),
-                                           now - leftover_grace)
+        campaign_id = campaign_of(folder)
+        if campaign_id is not None:
+            removals += _campaign_removals(destination, campaign_id, list(objects),
+                                           now - timedelta(days=retention_days), now - leftover_grace)
     return removals + _empty_snapshot_removals(destination, now - leftover_grace)
 
 
-def _campaign_removals(destination: Destination, folder: str, objects: list[StoredObject], expired_before: datetime,
-                       leftover_before: datetime) -> list[Removal]:
-    latest = read_latest(destination, folder.removeprefix(CAMPAIGN_FOLDER))
+def _campaign_removals(destination: Destination, campaign_id: str, objects: list[StoredObject],
+                       expired_before: datetime, leftover_before: datetime) -> list[Removal]:
+    latest = read_latest(destination, campaign_id)
     named = latest["snapshot"] if latest else None
     removals = []
     snapshots: dict[str, list[StoredObject]] = defaultdict(list)
@@ -81,12 +79,12 @@ def _campaign_removals(destination: Destination, folder: str, objects: list[Stor
         taken = snapshot_time(snapshot)
         if snapshot == named or taken is None:
             continue
-        keys = tuple(o.key for o in files)
-        if not any(o.key == f"{folder}/{snapshot}/manifest.json" for o in files):
+        keys, folder = tuple(o.key for o in files), snapshot_folder(campaign_id, snapshot)
+        if snapshot_manifest_key(campaign_id, snapshot) not in keys:
             if max(o.modified for o in files) < leftover_before:
-                removals.append(Removal(f"{folder}/{snapshot}", "incomplete", keys))
+                removals.append(Removal(folder, "incomplete", keys))
         elif taken < expired_before:
-            removals.append(Removal(f"{folder}/{snapshot}", "expired", keys))
+            removals.append(Removal(folder, "expired", keys))
     return removals
 
 
@@ -95,10 +93,11 @@ def _empty_snapshot_removals(destination: Destination, leftover_before: datetime
     removals = []
     for folder in destination.empty_folders():
         campaign, _, snapshot = folder.key.partition("/")
-        if not campaign.startswith(CAMPAIGN_FOLDER) or "/" in snapshot or snapshot_time(snapshot) is None \
+        campaign_id = campaign_of(campaign)
+        if campaign_id is None or "/" in snapshot or snapshot_time(snapshot) is None \
                 or folder.modified >= leftover_before:
             continue
-        latest = read_latest(destination, campaign.removeprefix(CAMPAIGN_FOLDER))
+        latest = read_latest(destination, campaign_id)
         if latest is None or latest["snapshot"] != snapshot:
             removals.append(Removal(folder.key, "incomplete", ()))
     return removals
@@ -113,8 +112,8 @@ def apply_retention(destination: Destination, retention_days: int, *, dry_run: b
     removals = plan_retention(destination, retention_days, leftover_grace=leftover_grace, now=now)
     if not dry_run:
         keys = [key for removal in removals for key in removal.keys]
-        destination.delete([key for key in keys if key.endswith("/manifest.json")])
-        destination.delete([key for key in keys if not key.endswith("/manifest.json")])
+        destination.delete([key for key in keys if is_manifest(key)])
+        destination.delete([key for key in keys if not is_manifest(key)])
         for removal in removals:
             if not removal.keys:
                 destination.remove_empty_folder(removal.path)

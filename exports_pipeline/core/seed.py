@@ -36,7 +36,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exports_pipeline.core.sourceurl import sqlite_path
+from exports_pipeline.core.sourceurl import POSTGRESQL, source_dialect, sqlite_path
 
 # --- schema -----------------------------------------------------------------------------------
 
@@ -131,14 +131,11 @@ def _index_ddl(tables=_KEYS) -> list[str]:
 
 def _sqlite_path(url: str) -> Path | None:
     """The file of a sqlite:/// URL, None for a PostgreSQL URL; anything else is refused."""
-    if url.startswith("sqlite:///"):
-        path = sqlite_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-    if url.startswith(("postgresql://", "postgres://")):
+    if source_dialect(url) == POSTGRESQL:
         return None
-    raise ValueError(f"unsupported source URL scheme {url.split(':', 1)[0]!r}: "
-                     "expected postgresql://... or sqlite:///path")
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _pg_connect(url: str, autocommit: bool = False) -> psycopg.Connection:
@@ -376,11 +373,26 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
     """n contacts of one campaign with their attempts and answers.
 
     Timestamps are epoch microseconds, cost_usd is in ten-thousandths of a dollar and transcript is
-    an index into the transcript pool (the backends convert them).
+    an index into the transcript pool (the backends convert them). The steps draw from bits in a
+    fixed order (contacts, attempts, answers), which keeps a seed's data the same.
     """
-    margin = 3600 * _SECOND_US  # keeps every activity before now_us
+    drawn = _draw_contacts(bits, camp, n)
+    attempts = _attempt_outcomes(camp, other_campaign, transcripts, _attempt_times(bits, camp, drawn, transcripts))
+    per_contact = attempts.group_by("k").agg(
+        last_attempt_at=pl.col("started_at").max(),
+        last_activity=pl.coalesce("ended_at", "started_at").max(),
+    )
+    drawn = drawn.join(per_contact, on="k", how="left", maintain_order="left")
+    answers = _answers(bits, camp, drawn, now_us)
+    last_answer = answers.group_by("k").agg(last_answer=pl.col("answered_at").max())
+    contacts = _contacts(drawn.join(last_answer, on="k", how="left", maintain_order="left"), camp, first, now_us)
+    return contacts, attempts.select(*_names("call_attempts")), answers.select(*_names("survey_responses"))
+
+
+def _draw_contacts(bits: _Bits, camp: _Campaign, n: int) -> pl.DataFrame:
+    """The random draws behind n contacts (k: their index in the chunk), with created and attempt_count."""
     created = camp.start_us + (bits.unit(n) * ((camp.end_us - camp.start_us) * 0.6)).cast(pl.Int64)
-    c = pl.DataFrame({
+    return pl.DataFrame({
         "id": bits.uuids(n), "state_i": pl.Series(_STATE_TABLE).gather(bits.below(n, 100)),
         "created": created, "tie": bits.below(n, 100), "r_count": bits.below(n, 100),
         "r_name": bits.below(n, 1000), "first": bits.below(n, len(_FIRST)), "last": bits.below(n, len(_LAST)),
@@ -395,12 +407,17 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         attempt_count=_pick(_COUNT_TABLE, pl.col("state_i") * 100 + pl.col("r_count")),
     )
 
-    a = c.select("k", "id", "state_i", "created", "attempt_count").filter(pl.col("attempt_count") > 0).rename(
+
+def _attempt_times(bits: _Bits, camp: _Campaign, drawn: pl.DataFrame, transcripts: int) -> pl.DataFrame:
+    """One row per attempt of the drawn contacts, with its draws (transcripts: the pool's size), final
+    status, start and duration."""
+    a = drawn.select("k", "id", "state_i", "created", "attempt_count").filter(pl.col("attempt_count") > 0).rename(
         {"id": "contact_id"}).with_columns(attempt_number=pl.int_ranges(1, pl.col("attempt_count") + 1)
                                            ).explode("attempt_number")
     m = a.height
+    margin = 3600 * _SECOND_US  # keeps every activity before now_us
     durations = [(r[0] * _SECOND_US, r[1] * _SECOND_US) if r else (None, None) for r in _DURATION_RANGE_S]
-    a = a.with_columns(
+    return a.with_columns(
         id=bits.uuids(m), r_status=bits.below(m, 100), u_start=bits.unit(m), u_dur=bits.unit(m),
         r_odd=bits.below(m, 1000), r_reason=bits.below(m, 100), r_cost=bits.below(m, 50),
         r_transcript=bits.below(m, 100), transcript_i=bits.below(m, transcripts - len(_ODD_TRANSCRIPTS)),
@@ -418,6 +435,13 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         duration=pl.when((pl.col("r_odd") < 10) & (pl.col("status_i") >= 3))
         .then(-pl.col("neg"))  # 1% of finished calls ended before they started
         .otherwise(pl.col("lo") + (pl.col("u_dur") * (pl.col("hi") - pl.col("lo"))).cast(pl.Int64)),
+    )
+
+
+def _attempt_outcomes(camp: _Campaign, other_campaign: str, transcripts: int, a: pl.DataFrame) -> pl.DataFrame:
+    """The attempts' columns as the source holds them, with the odd ones planted (no start, no end, a
+    refund, filed under another campaign, odd transcripts)."""
+    return a.with_columns(
         started_at=pl.when(pl.col("status_i") == 0).then(None)
         .when((pl.col("r_odd") >= 990) & (pl.col("status_i") >= 3)).then(None)  # 1% of finished: no start
         .otherwise(pl.col("start")),
@@ -440,19 +464,16 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
         .otherwise(pl.col("transcript_i")),
     )
 
-    per_contact = a.group_by("k").agg(
-        last_attempt_at=pl.col("started_at").max(),
-        last_activity=pl.coalesce("ended_at", "started_at").max(),
-    )
-    c = c.join(per_contact, on="k", how="left", maintain_order="left")
 
+def _answers(bits: _Bits, camp: _Campaign, drawn: pl.DataFrame, now_us: int) -> pl.DataFrame:
+    """Answers of the contacts that reached the survey, with a few stray answers to no question."""
     positions = pl.DataFrame({"question_position": camp.positions + [max(camp.positions) + 1]})
-    r = c.filter(pl.col("state_i").is_in([1, 2, 3])).select("k", "id", "state_i", "last_attempt_at", "created")
+    r = drawn.filter(pl.col("state_i").is_in([1, 2, 3])).select("k", "id", "state_i", "last_attempt_at", "created")
     r = r.join(positions, how="cross").rename({"id": "contact_id"})
     k = r.height
     out_of_range = pl.col("question_position") > max(camp.positions)
-    r = r.with_columns(chance=bits.below(k, 1000), answer_i=bits.below(k, len(_ANSWERS)),
-                       u=bits.unit(k)).filter(
+    return r.with_columns(chance=bits.below(k, 1000), answer_i=bits.below(k, len(_ANSWERS)),
+                          u=bits.unit(k)).filter(
         pl.when(out_of_range).then((pl.col("state_i") == 2) & (pl.col("chance") < 3))  # stray answers
         .when(pl.col("state_i") == 2).then(pl.col("chance") < 900)
         .when(pl.col("question_position") == 1).then(pl.col("chance") < 400)
@@ -465,10 +486,12 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
             + (pl.col("u") * 30 * _SECOND_US * pl.col("question_position")).cast(pl.Int64),
             pl.lit(now_us)),
     )
-    last_answer = r.group_by("k").agg(last_answer=pl.col("answered_at").max())
 
+
+def _contacts(drawn: pl.DataFrame, camp: _Campaign, first: int, now_us: int) -> pl.DataFrame:
+    """The contacts' columns as the source holds them, from their draws, attempts and answers."""
     name = pl.concat_str([_pick(_FIRST, pl.col("first")), pl.lit(" "), _pick(_LAST, pl.col("last"))])
-    contacts = c.join(last_answer, on="k", how="left", maintain_order="left").select(
+    return drawn.select(
         "id",
         campaign_id=pl.lit(camp.id),
         external_contact_id=pl.when(pl.col("r_ext") < 70).then(
@@ -492,9 +515,6 @@ def _chunk(bits: _Bits, camp: _Campaign, other_campaign: str, first: int, n: int
             + pl.when(pl.col("r_upd") < 12 * _SECOND_US).then(0).otherwise(pl.col("r_upd")),  # 20%: equal
             pl.lit(now_us)).clip(pl.col("created")),
     )
-    attempts = a.select(*_names("call_attempts"))
-    answers = r.select(*_names("survey_responses"))
-    return contacts, attempts, answers
 
 
 def _generate(contacts: int, campaigns: int, seed: int, existing: int, now: dt.datetime | None, chunk: int):

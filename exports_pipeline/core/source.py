@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import connectorx as cx
@@ -22,14 +23,16 @@ import psycopg
 from psycopg.types.datetime import TimestamptzBinaryLoader
 
 from exports_pipeline.core.errors import (
+    CampaignNotFoundError,
     ConfigurationError,
     SourceReadError,
     SourceSchemaError,
     SourceUnavailableError,
 )
-from exports_pipeline.core.instants import INFINITY_US, NEG_INFINITY_US, UTC_US, fingerprint_instant, holds_any
+from exports_pipeline.core.fingerprint import STREAMS, Stream, fingerprint_of, postgres_fingerprints
+from exports_pipeline.core.instants import INFINITY_US, NEG_INFINITY_US, UTC_US, holds_any
 from exports_pipeline.core.options import ExportOptions
-from exports_pipeline.core.sourceurl import redact_text, redact_url, sqlite_path
+from exports_pipeline.core.sourceurl import POSTGRESQL, redact_text, redact_url, source_dialect, sqlite_path
 
 APPLICATION_NAME = "exports-pipeline"
 
@@ -70,19 +73,6 @@ class CampaignInfo:
     status: str
     owner_email: str | None
     updated_at: datetime | int  # int: microseconds since 1970 where Python's datetime does not hold it
-
-
-FINGERPRINT_FIELDS = ("campaign_updated_at", "contacts_count", "contacts_max_updated_at", "attempts_count",
-                      "attempts_max_time", "answers_count", "answers_max_answered_at", "questions_count")
-_FINGERPRINT_INSTANTS = {"campaign_updated_at", "contacts_max_updated_at", "attempts_max_time",
-                         "answers_max_answered_at"}
-
-
-def fingerprint_fields(values) -> dict:
-    """SPEC section 5's fingerprint from its values in FINGERPRINT_FIELDS order; instants as
-    datetimes or microseconds since 1970, written as instants.fingerprint_instant says."""
-    return {name: fingerprint_instant(value) if name in _FINGERPRINT_INSTANTS else value
-            for name, value in zip(FINGERPRINT_FIELDS, values, strict=True)}
 
 
 class EdgeInstantLoader(TimestamptzBinaryLoader):
@@ -132,9 +122,13 @@ class ClosingReader(ABC):
 
 
 class SourceReader(ClosingReader):
-    """One open snapshot of the source. Use as a context manager."""
+    """One open snapshot of the source, held by a session of the database. Use as a context manager."""
 
     snapshot_time: datetime
+    _session: psycopg.Connection | sqlite3.Connection
+
+    def close(self) -> None:
+        self._session.close()
 
     @abstractmethod
     def campaign(self, campaign_id: str) -> CampaignInfo | None: ...
@@ -166,7 +160,8 @@ class SourceReader(ClosingReader):
 
     @abstractmethod
     def fingerprint(self, campaign_id: str) -> dict:
-        """SPEC section 5: what 'changed since the last export' compares."""
+        """SPEC section 5: what 'changed since the last export' compares (see fingerprint.py).
+        CampaignNotFoundError for a campaign the source does not hold."""
 
     def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, "SnapshotQuery"] | None:
         """The contacts, attempts and answers streams as queries another process can read in this
@@ -176,13 +171,9 @@ class SourceReader(ClosingReader):
 
 
 def open_source(url: str, statement_timeout_ms: int = 600_000) -> SourceReader:
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgresql", "postgres"):
+    if source_dialect(url) == POSTGRESQL:
         return PostgresSource(url, statement_timeout_ms)
-    if scheme == "sqlite":
-        return SqliteSource(url)
-    raise ConfigurationError(
-        f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+    return SqliteSource(url)
 
 
 # --------------------------------------------------------------------------------------------- PostgreSQL
@@ -285,10 +276,10 @@ def unreadable_instants_sql(campaign_id: str) -> str:
         for table, (row_id, columns) in _INSTANT_COLUMNS.items() for column in columns)
 
 
-# The attempts and answers reads join to the campaign's contacts through an in-memory hash of them:
-# 834 MB for 10M contacts (EXPLAIN ANALYZE). When it does not fit in work_mem x hash_mem_multiplier,
-# PostgreSQL falls back to index lookups per attempt, which took 153 s instead of 55 s at 10M contacts.
-# So the reading sessions, and only their hash tables, get the memory the campaign needs.
+# The attempts and answers reads join to the campaign's contacts through an in-memory hash of them.
+# When it does not fit in work_mem x hash_mem_multiplier, PostgreSQL falls back to index lookups per
+# attempt, which are much slower (docs/performance.md, "Figures behind the code's choices"). So the
+# reading sessions, and only their hash tables, get the memory the campaign needs.
 JOIN_HASH_BYTES_PER_CONTACT = 128  # with a margin for the planner's estimate
 READ_WORK_MEM_BYTES = 256 * 2**20
 
@@ -299,78 +290,154 @@ def join_hash_mem_multiplier(contacts: int) -> float:
     return round(max(2.0, contacts * JOIN_HASH_BYTES_PER_CONTACT / READ_WORK_MEM_BYTES), 1)
 
 
+_SNAPSHOT_TRANSACTION = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# A wrong password or database name will not fix itself: no retry for those.
+_PERMANENT_CONNECT_FAILURES = ("does not exist", "authentication failed", "no password")
+
+
+def _connect_source(url: str, statement_timeout_ms: int) -> psycopg.Connection:
+    """connect_reading, its failure stated without the password: a setting to fix, or transient."""
+    try:
+        return connect_reading(url, statement_timeout_ms)
+    except psycopg.Error as exc:
+        message = f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}"
+        permanent = any(s in message for s in _PERMANENT_CONNECT_FAILURES)
+        raise (ConfigurationError if permanent else SourceUnavailableError)(message) from None
+
+
+def _cx_url(url: str) -> str:
+    """The URL connectorx reads: scheme postgresql, its sessions named like ours."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["application_name"] = APPLICATION_NAME
+    return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+
+
+def _joining_snapshot(snapshot_id: str, statement_timeout_ms: int) -> tuple[str, ...]:
+    """What each connectorx read runs first: into the exported snapshot, with the reads' settings."""
+    return (
+        _SNAPSHOT_TRANSACTION,
+        f"SET TRANSACTION SNAPSHOT '{snapshot_id}'",
+        f"SET statement_timeout = {statement_timeout_ms}",
+        f"SET work_mem = '{READ_WORK_MEM_BYTES // 2**20}MB'",
+        "SET jit = off",  # JIT compilation costs seconds per plan and saves nothing on these plain scans
+    )
+
+
+def _require_columns(found: dict[str, set[str]]) -> None:
+    """Fail naming each missing table (found: the columns of each table there is) and each missing column."""
+    missing = [f"table {t}" if t not in found else f"column {t}.{c}"
+               for t, cols in REQUIRED_COLUMNS.items() for c in cols if t not in found or c not in found[t]]
+    if missing:
+        raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
+
+
+def _contact_filter(campaign_id: str, options: ExportOptions) -> str:
+    where = f"c.campaign_id = '{campaign_id}'"
+    if options.states is not None:
+        where += f" AND c.state IN ({_in_list(list(options.states))})"
+    if options.updated_from is not None:
+        where += f" AND c.updated_at >= '{options.updated_from.isoformat()}'::timestamptz"
+    if options.updated_to is not None:
+        where += f" AND c.updated_at < '{options.updated_to.isoformat()}'::timestamptz"
+    return where
+
+
+# Bucket boundaries only bound bucket sizes, so an approximate instant will do: infinities and instants
+# past what the reads can hold (they fail there, by name) are clamped.
+_CREATED_US = (f"CASE WHEN created_at > '{LAST_READABLE_INSTANT}+00' THEN {INFINITY_US} "
+               f"WHEN created_at = '-infinity' THEN {NEG_INFINITY_US} "
+               "ELSE (extract(epoch FROM created_at) * 1000000)::int8 END")
+
+
+def _contacts_sql(campaign_id: str) -> str:
+    return ("SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
+            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'")
+
+
+def _attempts_sql(campaign_id: str) -> str:
+    return (
+        "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
+        "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
+        "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
+        "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
+        # Each use of a.transcript decompresses it again: the subquery (kept apart by OFFSET 0) takes its
+        # "text" member once; only a transcript without one is looked at again.
+        "CASE WHEN a.text IS NOT NULL THEN "
+        "       CASE WHEN jsonb_typeof(a.text) = 'string' THEN 'ok' ELSE 'text_not_string' END "
+        "     WHEN a.transcript IS NULL THEN NULL "
+        "     WHEN jsonb_typeof(a.transcript) = 'object' THEN 'no_text' ELSE 'not_object' END AS transcript_kind, "
+        "CASE WHEN jsonb_typeof(a.text) = 'string' THEN left(a.text #>> '{}', 100) END AS transcript_summary "
+        "FROM (SELECT a.*, a.transcript -> 'text' AS text FROM call_attempts a "
+        f"      WHERE a.campaign_id = '{campaign_id}' OFFSET 0) a "
+        "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id")
+
+
+def _answers_sql(campaign_id: str) -> str:
+    return ("SELECT c.created_at AS contact_created_at, r.contact_id, "
+            "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
+            "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
+            f"WHERE r.campaign_id = '{campaign_id}'")
+
+
+class _StreamRead(NamedTuple):
+    """A stream as PostgreSQL reads it."""
+
+    sql: Callable[[str], str]  # from the campaign id
+    schema: dict
+    rejects_nan_costs: bool
+    joins_contacts: bool  # sized by join_hash_mem_multiplier
+
+
+_STREAM_READS = {
+    "contacts": _StreamRead(_contacts_sql, CONTACTS_SCHEMA, rejects_nan_costs=False, joins_contacts=False),
+    "attempts": _StreamRead(_attempts_sql, {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True,
+                            joins_contacts=True),
+    "answers": _StreamRead(_answers_sql, ANSWERS_SCHEMA, rejects_nan_costs=False, joins_contacts=True),
+}
+
+
 class PostgresSource(SourceReader):
+    """A REPEATABLE READ session exports its snapshot; every connectorx read imports it."""
+
     def __init__(self, url: str, statement_timeout_ms: int):
-        self._url = url
-        self._cx_url = self._with_application_name(url)
-        self._timeout = int(statement_timeout_ms)
+        self._url, self._cx_url = url, _cx_url(url)
+        self._session = _connect_source(url, statement_timeout_ms)
         try:
-            self._session = connect_reading(url, self._timeout)
-        except psycopg.Error as exc:
-            message = f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}"
-            # A wrong password or database name will not fix itself: no retry for those.
-            permanent = any(s in message for s in ("does not exist", "authentication failed", "no password"))
-            raise (ConfigurationError if permanent else SourceUnavailableError)(message) from None
-        try:
-            self._session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._session.execute(_SNAPSHOT_TRANSACTION)
             snapshot_id, taken_at = self._session.execute(
                 "SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
             self._check_schema()
         except psycopg.Error as exc:
             self._session.close()
-            raise self._translate(str(exc)) from None
+            raise _translate(str(exc), url) from None
         except BaseException:
             self._session.close()
             raise
         self.snapshot_time = taken_at.astimezone(timezone.utc)
-        self._pre_execution = [
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            f"SET TRANSACTION SNAPSHOT '{snapshot_id}'",
-            f"SET statement_timeout = {self._timeout}",
-            # JIT compilation costs seconds per plan and saves nothing on these plain scans.
-            f"SET work_mem = '{READ_WORK_MEM_BYTES // 2**20}MB'",
-            "SET jit = off",
-        ]
+        self._pre_execution = _joining_snapshot(snapshot_id, int(statement_timeout_ms))
 
-    @staticmethod
-    def _with_application_name(url: str) -> str:
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        query["application_name"] = APPLICATION_NAME
-        return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
-
-    def close(self) -> None:
-        self._session.close()
-
-    def _rows(self, sql: str, binary: bool = False) -> list[tuple]:
+    def _rows(self, sql: str, params: dict | None = None, binary: bool = False) -> list[tuple]:
         """binary: instants come through EdgeInstantLoader (datetime, or microseconds at the edges)."""
         try:
-            return self._session.execute(sql, binary=binary).fetchall()
+            return self._session.execute(sql, params, binary=binary).fetchall()
         except psycopg.Error as exc:
-            raise self._translate(str(exc)) from None
-
-    def _translate(self, message: str) -> Exception:
-        return _translate(message, self._url)
+            raise _translate(str(exc), self._url) from None
 
     def _check_schema(self) -> None:
         found: dict[str, set[str]] = {}
-        for table, column in self._session.execute(
+        for table, column in self._rows(
                 "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name IN "
-                f"({_in_list(list(REQUIRED_COLUMNS))})").fetchall():
+                f"WHERE table_schema = current_schema() AND table_name IN ({_in_list(list(REQUIRED_COLUMNS))})"):
             found.setdefault(table, set()).add(column)
-        missing = [f"table {t}" if t not in found else f"column {t}.{c}"
-                   for t, cols in REQUIRED_COLUMNS.items() for c in cols
-                   if t not in found or c not in found[t]]
-        if missing:
-            # One entry per table is enough when the whole table is missing.
-            raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
+        _require_columns(found)
 
-    def _query(self, campaign_id: str, sql: str, schema: dict, rejects_nan_costs: bool = False,
-               contacts: int = 0) -> SnapshotQuery:
-        hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts)}"
-        return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), sql, schema,
-                             unreadable_instants_sql(campaign_id), rejects_nan_costs)
+    def _query(self, stream: str, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
+        read = _STREAM_READS[stream]
+        hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts if read.joins_contacts else 0)}"
+        return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), read.sql(campaign_id),
+                             read.schema, unreadable_instants_sql(campaign_id), read.rejects_nan_costs)
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
         rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, updated_at "
@@ -384,85 +451,32 @@ class PostgresSource(SourceReader):
         return [(int(p), t) for p, t in self._rows(
             f"SELECT position, prompt FROM survey_questions WHERE campaign_id = '{campaign_id}' ORDER BY position")]
 
-    @staticmethod
-    def _contact_filter(campaign_id: str, options: ExportOptions) -> str:
-        where = f"c.campaign_id = '{campaign_id}'"
-        if options.states is not None:
-            where += f" AND c.state IN ({_in_list(list(options.states))})"
-        if options.updated_from is not None:
-            where += f" AND c.updated_at >= '{options.updated_from.isoformat()}'::timestamptz"
-        if options.updated_to is not None:
-            where += f" AND c.updated_at < '{options.updated_to.isoformat()}'::timestamptz"
-        return where
-
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
-        return self._rows(f"SELECT count(*) FROM contacts c WHERE {self._contact_filter(campaign_id, options)}")[0][0]
+        return self._rows(f"SELECT count(*) FROM contacts c WHERE {_contact_filter(campaign_id, options)}")[0][0]
 
     def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
         sample = "" if fraction >= 1 else f" AND random() < {fraction:.9f}"
-        # Bucket boundaries only bound bucket sizes, so an approximate instant will do: infinities and
-        # instants past what the reads can hold (they fail there, by name) are clamped.
-        micros = (f"CASE WHEN created_at > '{LAST_READABLE_INSTANT}+00' THEN {INFINITY_US} "
-                  f"WHEN created_at = '-infinity' THEN {NEG_INFINITY_US} "
-                  "ELSE (extract(epoch FROM created_at) * 1000000)::int8 END")
-        rows = self._rows(f"SELECT {micros}, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
+        rows = self._rows(f"SELECT {_CREATED_US}, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
         return pl.DataFrame(rows, schema={"created_at": pl.Int64, "id": pl.String}, orient="row",
                             ).with_columns(pl.col("created_at").cast(UTC_US))
 
     def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, SnapshotQuery]:
-        return {"contacts": self._contacts_query(campaign_id), "attempts": self._attempts_query(campaign_id, contacts),
-                "answers": self._answers_query(campaign_id, contacts)}
+        return {stream: self._query(stream, campaign_id, contacts) for stream in _STREAM_READS}
 
     def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        return self._contacts_query(campaign_id).frames(batch_size)
+        return self._query("contacts", campaign_id).frames(batch_size)
 
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        return self._attempts_query(campaign_id).frames(batch_size)
+        return self._query("attempts", campaign_id).frames(batch_size)
 
     def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        return self._answers_query(campaign_id).frames(batch_size)
-
-    def _contacts_query(self, campaign_id: str) -> SnapshotQuery:
-        return self._query(
-            campaign_id, "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
-            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
-            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'", CONTACTS_SCHEMA)
-
-    def _attempts_query(self, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
-        return self._query(
-            campaign_id, "SELECT c.created_at AS contact_created_at, a.id, a.contact_id, "
-            "a.attempt_number::int8 AS attempt_number, a.status, a.started_at, a.ended_at, a.ended_reason, "
-            "CASE WHEN a.cost_usd = 'NaN' THEN NULL ELSE (a.cost_usd * 10000)::int8 END AS cost_units, "
-            "CASE WHEN a.cost_usd = 'NaN' THEN a.id::text END AS nan_cost_id, a.recording_url, "
-            # Each use of a.transcript decompresses it again: the subquery (kept apart by OFFSET 0) takes its
-            # "text" member once; only a transcript without one is looked at again.
-            "CASE WHEN a.text IS NOT NULL THEN "
-            "       CASE WHEN jsonb_typeof(a.text) = 'string' THEN 'ok' ELSE 'text_not_string' END "
-            "     WHEN a.transcript IS NULL THEN NULL "
-            "     WHEN jsonb_typeof(a.transcript) = 'object' THEN 'no_text' ELSE 'not_object' END AS transcript_kind, "
-            "CASE WHEN jsonb_typeof(a.text) = 'string' THEN left(a.text #>> '{}', 100) END AS transcript_summary "
-            "FROM (SELECT a.*, a.transcript -> 'text' AS text FROM call_attempts a "
-            f"      WHERE a.campaign_id = '{campaign_id}' OFFSET 0) a "
-            "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id",
-            {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True, contacts=contacts)
-
-    def _answers_query(self, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
-        return self._query(
-            campaign_id, "SELECT c.created_at AS contact_created_at, r.contact_id, "
-            "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
-            "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
-            f"WHERE r.campaign_id = '{campaign_id}'", ANSWERS_SCHEMA, contacts=contacts)
+        return self._query("answers", campaign_id).frames(batch_size)
 
     def fingerprint(self, campaign_id: str) -> dict:
-        row, = self._rows(
-            "SELECT (SELECT updated_at FROM campaigns WHERE id = '{0}'), "
-            "c.n, c.m, a.n, a.m, r.n, r.m, (SELECT count(*) FROM survey_questions WHERE campaign_id = '{0}') "
-            "FROM (SELECT count(*) n, max(updated_at) m FROM contacts WHERE campaign_id = '{0}') c, "
-            "(SELECT count(*) n, max(coalesce(ended_at, started_at)) m FROM call_attempts "
-            " WHERE campaign_id = '{0}') a, "
-            "(SELECT count(*) n, max(answered_at) m FROM survey_responses WHERE campaign_id = '{0}') r"
-            .format(campaign_id), binary=True)
-        return fingerprint_fields(row)
+        found = postgres_fingerprints(lambda sql, params: self._rows(sql, params, binary=True), [campaign_id])
+        if campaign_id not in found:
+            raise CampaignNotFoundError(f"campaign {campaign_id} is not in the source")
+        return found[campaign_id]
 
 
 def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:
@@ -525,6 +539,53 @@ def _money_units(text: str | None, row_id: str) -> int | None:
     return int((value * 10000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def _uuid_match(column: str, campaign_id: str) -> str:
+    """SQL: the column holds this uuid, in any case, with or without hyphens."""
+    return f"lower(replace({column}, '-', '')) = '{campaign_id.replace('-', '')}'"
+
+
+def _as_text(columns: dict[str, str]) -> str:
+    """SQL select list: each source expression as TEXT, named as its key."""
+    return ", ".join(f"CAST({expression} AS TEXT) AS {name}" for name, expression in columns.items())
+
+
+def _with_contact(alias: str, campaign_id: str) -> str:
+    """The join that gives each row its contact's created_at, when the contact is the campaign's."""
+    return (f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
+            f"AND {_uuid_match('c.campaign_id', campaign_id)} "
+            f"WHERE {_uuid_match(alias + '.campaign_id', campaign_id)}")
+
+
+def _read_text(cx_url: str, sql: str, columns: list[str]) -> pl.DataFrame:
+    """connectorx infers SQLite types from the first row (and fails on a NULL there), so every
+    column is cast to TEXT and a first row of empty strings, dropped afterwards, fixes the types."""
+    typing_row = ", ".join(f"'' AS {c}" for c in columns)
+    wrapped = (f"SELECT 1 AS typing_row, {typing_row} UNION ALL "
+               f"SELECT 0, {', '.join('q.' + c for c in columns)} FROM ({sql}) q")
+    try:
+        frame = cx.read_sql(cx_url, wrapped, return_type="polars")
+    except Exception as exc:
+        raise SourceSchemaError(f"source read failed: {exc}") from None
+    return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
+
+
+_SQLITE_CONTACTS = {column: f"c.{column}" for column in CONTACTS_SCHEMA}
+_SQLITE_ATTEMPTS = {"contact_created_at": "c.created_at", "id": "a.id", "contact_id": "a.contact_id",
+                    "attempt_number": "a.attempt_number", "status": "a.status", "started_at": "a.started_at",
+                    "ended_at": "a.ended_at", "ended_reason": "a.ended_reason", "cost_text": "a.cost_usd",
+                    "recording_url": "a.recording_url"}
+_SQLITE_TRANSCRIPT = (
+    "CASE WHEN a.transcript IS NULL THEN NULL WHEN NOT json_valid(a.transcript) THEN 'invalid_json' "
+    "     WHEN json_type(a.transcript) <> 'object' THEN 'not_object' "
+    "     WHEN json_type(a.transcript, '$.text') IS NULL THEN 'no_text' "
+    "     WHEN json_type(a.transcript, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END AS transcript_kind, "
+    "CASE WHEN json_valid(a.transcript) THEN CASE WHEN json_type(a.transcript) = 'object' "
+    "     AND json_type(a.transcript, '$.text') = 'text' THEN substr(json_extract(a.transcript, '$.text'), 1, 100) "
+    "     END END AS transcript_summary")
+_SQLITE_ANSWERS = {"contact_created_at": "c.created_at", "contact_id": "r.contact_id",
+                   "position": "r.question_position", "answer": "r.answer", "answered_at": "r.answered_at"}
+
+
 class SqliteSource(SourceReader):
     """The embedded demo source. Campaign-sized reads are held in memory (demo scale)."""
 
@@ -541,9 +602,6 @@ class SqliteSource(SourceReader):
             raise SourceUnavailableError(f"cannot open SQLite source {path}: {exc}") from None
         self.snapshot_time = datetime.now(timezone.utc)
 
-    def close(self) -> None:
-        self._session.close()
-
     def _rows(self, sql: str) -> list[tuple]:
         try:
             return self._session.execute(sql).fetchall()
@@ -551,61 +609,39 @@ class SqliteSource(SourceReader):
             raise SourceSchemaError(f"source schema: {exc}") from None
 
     def _check_schema(self) -> None:
-        missing = []
-        for table, columns in REQUIRED_COLUMNS.items():
-            present = {r[1] for r in self._session.execute(f"PRAGMA table_info({table})").fetchall()}
-            if not present:
-                missing.append(f"table {table}")
-            else:
-                missing.extend(f"column {table}.{c}" for c in columns if c not in present)
-        if missing:
-            raise SourceSchemaError("source schema: missing " + ", ".join(missing))
+        found = {table: {r[1] for r in self._session.execute(f"PRAGMA table_info({table})").fetchall()}
+                 for table in REQUIRED_COLUMNS}
+        _require_columns({table: columns for table, columns in found.items() if columns})
 
-    def _read_text(self, sql: str, columns: list[str]) -> pl.DataFrame:
-        """connectorx infers SQLite types from the first row (and fails on a NULL there), so every
-        column is cast to TEXT and a first row of empty strings, dropped afterwards, fixes the types."""
-        typing_row = ", ".join(f"'' AS {c}" for c in columns)
-        wrapped = (f"SELECT 1 AS typing_row, {typing_row} UNION ALL "
-                   f"SELECT 0, {', '.join('q.' + c for c in columns)} FROM ({sql}) q")
-        try:
-            frame = cx.read_sql(self._cx_url, wrapped, return_type="polars")
-        except Exception as exc:
-            raise SourceSchemaError(f"source read failed: {exc}") from None
-        return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
-
-    def campaign(self, campaign_id: str) -> CampaignInfo | None:
+    def _updated_at(self, campaign_id: str) -> tuple[tuple, int] | None:
+        """The campaign's row (name, assistant_name, status, owner_email) and its updated_at in microseconds."""
         rows = self._rows("SELECT name, assistant_name, status, owner_email, CAST(updated_at AS TEXT) "
-                          f"FROM campaigns WHERE {self._where_id(campaign_id)}")
+                          f"FROM campaigns WHERE {_uuid_match('id', campaign_id)}")
         if not rows:
             return None
         *described, updated = rows[0]
-        return CampaignInfo(campaign_id, *described, instant_micros(updated, "campaigns", "updated_at", campaign_id))
+        return tuple(described), instant_micros(updated, "campaigns", "updated_at", campaign_id)
+
+    def campaign(self, campaign_id: str) -> CampaignInfo | None:
+        found = self._updated_at(campaign_id)
+        return CampaignInfo(campaign_id, *found[0], found[1]) if found else None
 
     def campaign_ids(self) -> list[str]:
         rows = self._rows("SELECT id FROM campaigns")
         return pl.DataFrame({"id": [r[0] for r in rows]}, schema={"id": pl.String}).select(
             _canonical_uuid_expr("id"))["id"].to_list()
 
-    @staticmethod
-    def _where_id(campaign_id: str) -> str:
-        return f"lower(replace(id, '-', '')) = '{campaign_id.replace('-', '')}'"
-
-    def _where_campaign(self, alias: str, campaign_id: str) -> str:
-        return f"lower(replace({alias}.campaign_id, '-', '')) = '{campaign_id.replace('-', '')}'"
-
     def questions(self, campaign_id: str) -> list[tuple[int, str]]:
         return [(int(p), t) for p, t in self._rows(
             f"SELECT CAST(q.position AS INTEGER), q.prompt FROM survey_questions q "
-            f"WHERE {self._where_campaign('q', campaign_id)} ORDER BY 1")]
+            f"WHERE {_uuid_match('q.campaign_id', campaign_id)} ORDER BY 1")]
 
     def _contacts(self, campaign_id: str, states: tuple[str, ...] | None = None) -> pl.DataFrame:
-        columns = list(CONTACTS_SCHEMA)
-        where = self._where_campaign("c", campaign_id)
+        where = _uuid_match("c.campaign_id", campaign_id)
         if states is not None:
             where += f" AND c.state IN ({_in_list(list(states))})"
-        frame = self._read_text(
-            "SELECT " + ", ".join(f"CAST(c.{col} AS TEXT) AS {col}" for col in columns)
-            + f" FROM contacts c WHERE {where}", columns)
+        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_CONTACTS)} FROM contacts c WHERE {where}",
+                           list(_SQLITE_CONTACTS))
         frame = _timestamps(frame.with_columns(_canonical_uuid_expr("id")), "contacts",
                             ["last_attempt_at", "completed_at", "created_at", "updated_at"], "id")
         return frame.cast(CONTACTS_SCHEMA)
@@ -624,30 +660,10 @@ class SqliteSource(SourceReader):
     def contact_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
         yield self._contacts(campaign_id)
 
-    def _with_contact(self, alias: str, campaign_id: str) -> str:
-        """The join that gives each row its contact's created_at, when the contact is the campaign's."""
-        return (f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
-                f"AND {self._where_campaign('c', campaign_id)} WHERE {self._where_campaign(alias, campaign_id)}")
-
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        columns = ["contact_created_at", "id", "contact_id", "attempt_number", "status", "started_at", "ended_at",
-                   "ended_reason", "cost_text", "recording_url", "transcript_kind", "transcript_summary"]
-        t = "a.transcript"
-        frame = self._read_text(
-            "SELECT CAST(c.created_at AS TEXT) AS contact_created_at, CAST(a.id AS TEXT) AS id, "
-            "CAST(a.contact_id AS TEXT) AS contact_id, CAST(a.attempt_number AS TEXT) AS attempt_number, "
-            "CAST(a.status AS TEXT) AS status, CAST(a.started_at AS TEXT) AS started_at, "
-            "CAST(a.ended_at AS TEXT) AS ended_at, CAST(a.ended_reason AS TEXT) AS ended_reason, "
-            "CAST(a.cost_usd AS TEXT) AS cost_text, CAST(a.recording_url AS TEXT) AS recording_url, "
-            f"CASE WHEN {t} IS NULL THEN NULL WHEN NOT json_valid({t}) THEN 'invalid_json' "
-            f"     WHEN json_type({t}) <> 'object' THEN 'not_object' "
-            f"     WHEN json_type({t}, '$.text') IS NULL THEN 'no_text' "
-            f"     WHEN json_type({t}, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END "
-            "  AS transcript_kind, "
-            f"CASE WHEN json_valid({t}) THEN CASE WHEN json_type({t}) = 'object' "
-            f"     AND json_type({t}, '$.text') = 'text' THEN substr(json_extract({t}, '$.text'), 1, 100) END END "
-            "  AS transcript_summary "
-            f"FROM call_attempts a {self._with_contact('a', campaign_id)}", columns)
+        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ATTEMPTS)}, {_SQLITE_TRANSCRIPT} "
+                           f"FROM call_attempts a {_with_contact('a', campaign_id)}",
+                           [*_SQLITE_ATTEMPTS, "transcript_kind", "transcript_summary"])
         frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"))
         frame = _timestamps(frame, "call_attempts", ["contact_created_at", "started_at", "ended_at"], "id")
         units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"])]
@@ -655,27 +671,24 @@ class SqliteSource(SourceReader):
             list(ATTEMPTS_SCHEMA)).cast(ATTEMPTS_SCHEMA)
 
     def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        columns = list(ANSWERS_SCHEMA)
-        frame = self._read_text(
-            "SELECT CAST(c.created_at AS TEXT) AS contact_created_at, CAST(r.contact_id AS TEXT) AS contact_id, "
-            "CAST(r.question_position AS TEXT) AS position, CAST(r.answer AS TEXT) AS answer, "
-            f"CAST(r.answered_at AS TEXT) AS answered_at FROM survey_responses r {self._with_contact('r', campaign_id)}",
-            columns)
+        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ANSWERS)} FROM survey_responses r "
+                           f"{_with_contact('r', campaign_id)}", list(_SQLITE_ANSWERS))
         frame = _timestamps(frame.with_columns(_canonical_uuid_expr("contact_id")), "survey_responses",
                             ["contact_created_at", "answered_at"], "contact_id")
         yield frame.cast(ANSWERS_SCHEMA)
 
+    def _activity(self, stream: Stream, campaign_id: str) -> tuple[int, int | None]:
+        """How many rows of the stream the campaign has, and their latest activity instant."""
+        at = stream.activity_sql()
+        rows = self._rows(f"SELECT CAST({at} AS TEXT), CAST({stream.row_id} AS TEXT) "
+                          f"FROM {stream.table} WHERE {_uuid_match('campaign_id', campaign_id)}")
+        frame = _timestamps(pl.DataFrame(rows, schema={at: pl.String, "id": pl.String}, orient="row"),
+                            stream.table, [at], "id")
+        return len(rows), frame.select(pl.col(at).dt.epoch("us").max()).item()
+
     def fingerprint(self, campaign_id: str) -> dict:
-        def latest(table: str, column: str, alias: str, id_column: str = "id") -> tuple[int, int | None]:
-            rows = self._rows(f"SELECT CAST({column} AS TEXT), CAST({id_column} AS TEXT) FROM {table} {alias} "
-                              f"WHERE {self._where_campaign(alias, campaign_id)}")
-            frame = _timestamps(pl.DataFrame(rows, schema={column: pl.String, "id": pl.String}, orient="row"),
-                                table, [column], "id")
-            return len(rows), frame.select(pl.col(column).dt.epoch("us").max()).item()
-
-        updated = self._rows(f"SELECT CAST(updated_at AS TEXT) FROM campaigns WHERE {self._where_id(campaign_id)}")
-        return fingerprint_fields((
-            instant_micros(updated[0][0], "campaigns", "updated_at", campaign_id) if updated else None,
-            *latest("contacts", "updated_at", "c"), *latest("call_attempts", "coalesce(ended_at, started_at)", "a"),
-            *latest("survey_responses", "answered_at", "r", "contact_id"), len(self.questions(campaign_id))))
-
+        found = self._updated_at(campaign_id)
+        if found is None:
+            raise CampaignNotFoundError(f"campaign {campaign_id} is not in the source")
+        return fingerprint_of(found[1], {name: self._activity(stream, campaign_id) for name, stream in STREAMS.items()},
+                              len(self.questions(campaign_id)))

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from exports_pipeline.core.errors import ConfigurationError
+from exports_pipeline.core.errors import ConfigurationError, UnsupportedSourceError
 
 SOURCE_ENV = "EXPORTS_SOURCE_URL"
 DESTINATION_ENV = "EXPORTS_DESTINATION"
 DEMO_DIR_ENV = "EXPORTS_DEMO_DIR"
+POSTGRESQL = "postgresql"
+SQLITE = "sqlite"
+_DIALECTS = {"postgresql": POSTGRESQL, "postgres": POSTGRESQL, "sqlite": SQLITE}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,15 @@ def resolve_locations(env: Mapping[str, str]) -> Locations:
     present = DESTINATION_ENV if not source else SOURCE_ENV
     raise ConfigurationError(
         f"{missing} is not set while {present} is: set both (production) or neither (embedded demo)")
+
+
+def source_dialect(url: str) -> str:
+    """The database a source URL names, POSTGRESQL or SQLITE: what every reader and the seed dispatch on."""
+    scheme = urlsplit(url).scheme
+    if scheme not in _DIALECTS:
+        raise UnsupportedSourceError(
+            f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+    return _DIALECTS[scheme]
 
 
 def sqlite_path(url: str) -> Path:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from exports_pipeline.core.errors import ExportError
+from exports_pipeline.core.fingerprint import STREAMS
 from exports_pipeline.core.sourceurl import redact_text
 
 _SIGN_BIT = 1 << 63  # flipped on the bits of epoch microseconds, it makes unsigned (and text) order time order
@@ -134,7 +135,7 @@ class _PieceWriter:
         """run: rows sorted by bucket; starts: the first row of each bucket in it, then its length."""
         table = run.to_arrow().combine_chunks()
         if self._writer is None:
-            # Buffered: unbuffered, every buffer of every small piece was a system call of its own (3x slower).
+            # Buffered: unbuffered, every buffer of every small piece would be a system call of its own.
             self._sink = pa.BufferedOutputStream(pa.OSFile(str(self.path), "wb"), buffer_size=1 << 20)
             self._writer = ipc.new_file(self._sink, table.schema)
         rows = table.to_batches()[0]  # one batch: the run is one chunk, and never empty
@@ -155,11 +156,11 @@ class _PieceWriter:
             writer.write_table(index)
 
 
-# Per table: its contact's order key columns, and the instant the source fingerprint takes the max of.
+# Per table: its contact's order key columns (the instant the fingerprint takes the max of: fingerprint.STREAMS).
 TABLE_KEYS = {
-    "contacts": (("created_at", "id"), pl.col("updated_at")),
-    "attempts": (("contact_created_at", "contact_id"), pl.coalesce("ended_at", "started_at")),
-    "answers": (("contact_created_at", "contact_id"), pl.col("answered_at")),
+    "contacts": ("created_at", "id"),
+    "attempts": ("contact_created_at", "contact_id"),
+    "answers": ("contact_created_at", "contact_id"),
 }
 
 
@@ -174,7 +175,8 @@ class StreamTally:
 
 def spill_table(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str) -> StreamTally:
     """Route a table's rows to their buckets; rows whose contact is not the campaign's are only counted."""
-    (created_at, contact_id), instant = TABLE_KEYS[table]
+    created_at, contact_id = TABLE_KEYS[table]
+    instant = STREAMS[table].activity_expr()
     tally = StreamTally()
     for frame in frames:
         tally.rows += frame.height

@@ -6,18 +6,25 @@ from collections.abc import Set as AbstractSet
 
 import dagster as dg
 
-from exports_pipeline.core.export import CheckOutcome
+from exports_pipeline.core.export import (
+    ANOMALIES_CHECK,
+    E164_CHECK,
+    HEADER_CHECK,
+    ROW_COUNT_CHECK,
+    UNIQUE_IDS_CHECK,
+    CheckOutcome,
+)
 
 CSV_KEY = dg.AssetKey("campaign_results_csv")
 BLOCKING_CHECKS = {
-    "row_count_matches_source": "Rows written equal the contacts selected in the same source snapshot.",
-    "contact_id_unique": "Each contact appears once in the export.",
-    "header_matches_spec": "The header is the SPEC section 3 column list for the options used.",
+    ROW_COUNT_CHECK: "Rows written equal the contacts selected in the same source snapshot.",
+    UNIQUE_IDS_CHECK: "Each contact appears once in the export.",
+    HEADER_CHECK: "The header is the SPEC section 3 column list for the options used.",
 }
 
 REPORTED_CHECKS = {
-    "no_row_anomalies": "Rows set aside or unreadable (other campaign, answers out of range, bad transcripts).",
-    "phone_numbers_e164": "Share of exported phone numbers that are not valid E.164.",
+    ANOMALIES_CHECK: "Rows set aside or unreadable (other campaign, answers out of range, bad transcripts).",
+    E164_CHECK: "Share of exported phone numbers that are not valid E.164.",
 }
 
 check_specs = [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking=True)
@@ -58,9 +65,9 @@ def explain(outcome: CheckOutcome) -> str | None:
     None otherwise: a failed blocking check fails the export with its own message."""
     if outcome.passed or outcome.blocking:
         return None
-    if outcome.name == "phone_numbers_e164" and "not_e164" in outcome.metadata:
+    if outcome.name == E164_CHECK and "not_e164" in outcome.metadata:
         what = _phones_line(outcome.metadata)
-    elif outcome.name == "no_row_anomalies":
+    elif outcome.name == ANOMALIES_CHECK:
         what = _anomalies_line(outcome.metadata)
     else:
         what = f"{outcome.name}: {outcome.description}"

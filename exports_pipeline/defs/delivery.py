@@ -19,7 +19,7 @@ from exports_pipeline.core.destinations import Destination, S3Destination
 from exports_pipeline.core.export import STATS_FILE
 from exports_pipeline.core.links import file_link
 from exports_pipeline.core.mail import ExportFigures, SmtpSettings, export_failed_message, export_ready_message, send
-from exports_pipeline.core.publish import campaign_prefix
+from exports_pipeline.core.publish import snapshot_folder
 from exports_pipeline.core.source import open_source
 from exports_pipeline.defs.assets import FORMAT_KEYS, STATS_KEY
 from exports_pipeline.defs.partitions import campaigns_partitions
@@ -59,7 +59,7 @@ def _figures(campaign_id: str, files: dict, found: dict[dg.AssetKey, dict], targ
     if STATS_KEY in found:
         stats = found[STATS_KEY]["figures"]
     else:
-        data, _ = target.read_versioned(f"{campaign_prefix(campaign_id)}/{files['snapshot']}/{STATS_FILE}")
+        data, _ = target.read_versioned(f"{snapshot_folder(campaign_id, files['snapshot'])}/{STATS_FILE}")
         stats = json.loads(data)
     return ExportFigures(campaign_id=campaign_id, snapshot=files["snapshot"], rows=files["rows"],
                          completion_rate=stats["completion_rate"], total_cost_usd=stats["total_cost_usd"],

@@ -14,6 +14,7 @@ import dagster as dg
 
 from exports_pipeline.core.catalog import Catalog
 from exports_pipeline.core.destinations import Destination
+from exports_pipeline.core.fingerprint import FINGERPRINT_INSTANTS
 from exports_pipeline.core.instants import fingerprint_order
 from exports_pipeline.core.publish import read_manifest
 from exports_pipeline.defs.jobs import export_campaign_job
@@ -27,11 +28,10 @@ MANIFEST_READERS = 16  # latest.json and manifest reads in flight (S3 round trip
 # active wait for the next night, so that one tick never requests an unbounded number of runs.
 MAX_CAMPAIGNS_PER_NIGHT = 100_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-ACTIVITY_FIELDS = ("campaign_updated_at", "contacts_max_updated_at", "attempts_max_time", "answers_max_answered_at")
 
 
 def _last_activity(fingerprint: dict) -> datetime:
-    return max((fingerprint_order(fingerprint[k]) for k in ACTIVITY_FIELDS if fingerprint.get(k)), default=EPOCH)
+    return max((fingerprint_order(fingerprint[k]) for k in FINGERPRINT_INSTANTS if fingerprint.get(k)), default=EPOCH)
 
 
 def changed_campaigns(catalog: Catalog, destination: Destination, campaign_ids: list[str]) -> list[str]:

@@ -123,41 +123,51 @@ def _query_together(queries: dict[str, SnapshotQuery]) -> SnapshotQuery:
                    rejects_nan_costs=False)
 
 
-def _frames_together(source: SourceReader, reads: dict[str, CampaignRead], table: str) -> pl.DataFrame:
-    """One table's rows of these campaigns, tagged with their campaign: in one query where the source can
-    share its snapshot with a query (PostgreSQL), else campaign by campaign in the open snapshot (SQLite)."""
-    schema = TABLE_SCHEMAS[table]
-    queries = {cid: source.snapshot_queries(cid, read.all_contacts) for cid, read in reads.items()}
-    if all(queries.values()):
+def _tables_together(queries: dict[str, dict[str, SnapshotQuery]], contacts: int) -> dict[str, dict]:
+    """Per table, the rows of these campaigns by campaign id, each table read in one query."""
+    tables = {}
+    for table in TABLE_SCHEMAS:
         together = _query_together({cid: q[table] for cid, q in queries.items()})
-        frames = list(together.frames(max(1, sum(read.all_contacts for read in reads.values()))))
-        return pl.concat(frames) if frames else pl.DataFrame(schema=together.schema)
-    stream = {"contacts": source.contact_frames, "attempts": source.attempt_frames, "answers": source.answer_frames}
-    frames = [frame.with_columns(pl.lit(cid, pl.String).alias(_TAG))
-              for cid, read in reads.items() for frame in stream[table](cid, max(1, read.all_contacts))]
-    return pl.concat(frames) if frames else pl.DataFrame(schema={_TAG: pl.String, **schema})
+        frames = list(together.frames(max(1, contacts)))
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema=together.schema)
+        tables[table] = {key[0]: part for key, part in frame.partition_by(_TAG, as_dict=True, include_key=False).items()}
+    return tables
 
 
-def _rows_of(frames: dict[str, pl.DataFrame], campaign_id: str) -> dict[str, pl.DataFrame] | None:
+def _rows_of(tables: dict[str, dict], campaign_id: str) -> dict[str, pl.DataFrame] | None:
     """One campaign's rows in the readers' schemas, or None when one of its costs is NaN (its own read
     names the attempt)."""
-    rows = {table: frames[table].get(campaign_id, pl.DataFrame(schema=TABLE_SCHEMAS[table]))
-            for table in TABLE_SCHEMAS}
+    rows = {table: tables[table].get(campaign_id, pl.DataFrame(schema=TABLE_SCHEMAS[table])) for table in TABLE_SCHEMAS}
     attempts = rows["attempts"]
     if "nan_cost_id" in attempts.columns and attempts["nan_cost_id"].is_not_null().any():
         return None
     return {table: frame.select(list(TABLE_SCHEMAS[table])) for table, frame in rows.items()}
 
 
-def _read_chunk(source: SourceReader, reads: dict[str, CampaignRead]) -> dict[str, CampaignRead]:
-    """The chunk's campaigns with their rows; those the shared read cannot serve left out."""
+def _rows_alone(source: SourceReader, campaign_id: str) -> dict[str, pl.DataFrame] | None:
+    """One campaign's rows read by the source's own readers in the open snapshot, or None when they fail."""
+    streams = {"contacts": source.contact_frames, "attempts": source.attempt_frames, "answers": source.answer_frames}
     try:
-        frames = {table: _frames_together(source, reads, table).partition_by(_TAG, as_dict=True, include_key=False)
-                  for table in TABLE_SCHEMAS}
+        frames = {table: list(stream(campaign_id, CONTACTS_PER_CHUNK)) for table, stream in streams.items()}
     except ExportError:
-        return {}
-    frames = {table: {key[0]: frame for key, frame in parts.items()} for table, parts in frames.items()}
-    served = {cid: _rows_of(frames, cid) for cid in reads}
+        return None
+    return {table: pl.concat(parts) if parts else pl.DataFrame(schema=TABLE_SCHEMAS[table])
+            for table, parts in frames.items()}
+
+
+def _read_chunk(source: SourceReader, reads: dict[str, CampaignRead]) -> dict[str, CampaignRead]:
+    """The chunk's campaigns with their rows: in one query per table where the source can share its snapshot
+    with a query (PostgreSQL), else campaign by campaign in the open snapshot (SQLite). Those the shared read
+    cannot serve are left out."""
+    queries = {cid: source.snapshot_queries(cid, read.all_contacts) for cid, read in reads.items()}
+    if all(queries.values()):
+        try:
+            tables = _tables_together(queries, sum(read.all_contacts for read in reads.values()))
+        except ExportError:
+            return {}
+        served = {cid: _rows_of(tables, cid) for cid in reads}
+    else:
+        served = {cid: _rows_alone(source, cid) for cid in reads}
     return {cid: replace(reads[cid], tables=rows) for cid, rows in served.items() if rows is not None}
 
 

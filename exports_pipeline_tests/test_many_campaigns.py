@@ -12,6 +12,7 @@ import pytest
 import exports_pipeline.defs.assets as assets_module
 from exports_pipeline.core.errors import SourceUnavailableError
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, C2, EMPTY
@@ -100,3 +101,17 @@ def test_a_range_run_of_xlsx_alone_writes_only_xlsx(source, tmp_path):
     snapshot, = _snapshots(tmp_path, C1)
     assert (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.xlsx").exists()
     assert not (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.csv").exists()
+
+
+@pytest.mark.parametrize("event_batch_size", [None, "200"])
+def test_only_the_failed_campaigns_partitions_show_failed(source, tmp_path, monkeypatch, event_batch_size):
+    """Also with Dagster's batched event writes, which the deployment turns on (docs/operations.md)."""
+    if event_batch_size:
+        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size)
+    with dg.instance_for_test() as instance:
+        result = _range_run(instance, source, tmp_path)
+        assert not result.success
+        for key in DEFAULT_EXPORT_KEYS:
+            status = instance.get_status_by_partition(key, CAMPAIGNS, campaigns_partitions)
+            assert status == {C1: dg.AssetPartitionStatus.MATERIALIZED, C2: dg.AssetPartitionStatus.FAILED,
+                              EMPTY: dg.AssetPartitionStatus.MATERIALIZED}, key

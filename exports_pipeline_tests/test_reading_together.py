@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 import exports_pipeline.core.reading as reading
+from exports_pipeline.core.errors import SourceUnavailableError
 from exports_pipeline.core.export import stage_export
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.reading import campaigns_in_read_order
@@ -86,6 +87,12 @@ def test_a_read_that_fails_leaves_its_chunk_to_their_own_reads(make_pg_database)
     assert set(order) == set(CAMPAIGNS) and all(read is None for read in order.values())
 
 
-def test_an_unreachable_source_leaves_every_campaign_to_its_own_read(tmp_path):
-    url = "postgresql://postgres@127.0.0.1:1/none"
-    assert list(campaigns_in_read_order(url, CAMPAIGNS, OPTIONS)) == [(cid, None) for cid in CAMPAIGNS]
+def test_an_error_a_retry_can_mend_is_the_cause_of_the_campaigns_not_served(tmp_path):
+    url = "postgresql://postgres@127.0.0.1:1/none"  # refused: the source is down, for now
+    order = list(campaigns_in_read_order(url, CAMPAIGNS, OPTIONS))
+    assert [cid for cid, _ in order] == CAMPAIGNS
+    assert all(isinstance(cause, SourceUnavailableError) for _, cause in order)
+
+
+def test_a_run_of_one_campaign_reads_it_on_its_own(corpus):
+    assert list(campaigns_in_read_order(corpus, [C1], OPTIONS)) == [(C1, None)]

@@ -10,7 +10,10 @@ frames in memory instead of the disk spill, so its files are the same bytes. Lar
 own snapshot and the bounded-memory streaming path.
 
 Whatever the shared read cannot serve is left to a read of the campaign on its own, as before, where it
-succeeds or fails with its own cause: a campaign not found, a NaN cost, a chunk whose read failed.
+succeeds or fails with its own cause: a campaign not found, a NaN cost, a chunk whose read met bad data.
+An error a retry can mend (a lost connection, a timeout: errors.TRANSIENT_ERRORS) is not read around: it is
+the cause of failure of every campaign the shared read had not served yet, which the retry then exports.
+A run of one campaign reads it on its own, as the command line always did.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from datetime import datetime
 
 import polars as pl
 
-from exports_pipeline.core.errors import CampaignNotFoundError, ExportError
+from exports_pipeline.core.errors import TRANSIENT_ERRORS, CampaignNotFoundError, ExportError
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.source import (
     ANSWERS_SCHEMA,
@@ -149,6 +152,8 @@ def _rows_alone(source: SourceReader, campaign_id: str) -> dict[str, pl.DataFram
     streams = {"contacts": source.contact_frames, "attempts": source.attempt_frames, "answers": source.answer_frames}
     try:
         frames = {table: list(stream(campaign_id, CONTACTS_PER_CHUNK)) for table, stream in streams.items()}
+    except TRANSIENT_ERRORS:
+        raise
     except ExportError:
         return None
     return {table: pl.concat(parts) if parts else pl.DataFrame(schema=TABLE_SCHEMAS[table])
@@ -163,6 +168,8 @@ def _read_chunk(source: SourceReader, reads: dict[str, CampaignRead]) -> dict[st
     if all(queries.values()):
         try:
             tables = _tables_together(queries, sum(read.all_contacts for read in reads.values()))
+        except TRANSIENT_ERRORS:
+            raise
         except ExportError:
             return {}
         served = {cid: _rows_of(tables, cid) for cid in reads}
@@ -193,18 +200,24 @@ def _shared_reads(source_url: str, campaign_ids: list[str], options: ExportOptio
 
 
 def campaigns_in_read_order(source_url: str, campaign_ids: list[str], options: ExportOptions,
-                            statement_timeout_ms: int = 600_000) -> Iterator[tuple[str, CampaignRead | None]]:
-    """Each of these campaigns once, with its read when it came from the shared snapshot (small campaigns,
-    chunk by chunk, while the snapshot is open), then the others with None (after it is closed: each then
-    reads on its own). A shared snapshot that cannot be opened leaves every campaign to its own read."""
+                            statement_timeout_ms: int = 600_000
+                            ) -> Iterator[tuple[str, CampaignRead | ExportError | None]]:
+    """Each of these campaigns once: first those served by the shared snapshot with their read (small
+    campaigns, chunk by chunk, while the snapshot is open), then, once it is closed, the others with None
+    (each reads on its own), or with the transient error that stopped the shared read (their cause of failure).
+    A shared snapshot that cannot be opened for another reason leaves every campaign to its own read."""
     served: set[str] = set()
-    try:
-        with closing(_shared_reads(source_url, campaign_ids, options, statement_timeout_ms)) as shared:
-            for campaign_id, read in shared:
-                served.add(campaign_id)
-                yield campaign_id, read
-    except ExportError:
-        pass
+    stopped: ExportError | None = None
+    if len(campaign_ids) > 1:
+        try:
+            with closing(_shared_reads(source_url, campaign_ids, options, statement_timeout_ms)) as shared:
+                for campaign_id, read in shared:
+                    served.add(campaign_id)
+                    yield campaign_id, read
+        except TRANSIENT_ERRORS as exc:
+            stopped = exc
+        except ExportError:
+            pass
     for campaign_id in campaign_ids:
         if campaign_id not in served:
-            yield campaign_id, None
+            yield campaign_id, stopped

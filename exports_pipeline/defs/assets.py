@@ -253,6 +253,8 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     for campaign_id, shared_read in campaigns_in_read_order(source.url, campaign_ids, options,
                                                             source.statement_timeout_ms):
         try:
+            if isinstance(shared_read, ExportError):
+                raise shared_read  # the shared read stopped on an error a retry can mend
             yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read)
         except ExportError as exc:
             failures[campaign_id] = exc

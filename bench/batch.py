@@ -1,8 +1,8 @@
 """Per small campaign inside a run (issue 14, item 4): the export's work, before and after reading a run's
 small campaigns together, side by side with a psql \\copy process per campaign, in the same run.
 
-    python bench/batch.py                         # 300 heavy-tailed campaigns, 3 rounds
-    python bench/batch.py --campaigns 1000 --rounds 1
+    python bench/batch.py                         # 300 heavy-tailed campaigns, 3 rounds, Dagster in the first
+    python bench/batch.py --campaigns 1000 --rounds 1 --dagster-rounds 0
 
 It seeds (once, kept) a PostgreSQL source of N campaigns with issue 14's heavy-tailed sizes (about 90%
 with 1-40 contacts, 9% with 100-400, 1% with 2,000-4,000), then alternates, round after round:
@@ -27,6 +27,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -263,7 +264,7 @@ def measure(args: argparse.Namespace, url: str, ids: list[str]) -> dict:
                 shutil.rmtree(folder, ignore_errors=True)
             rounds[case].append({"wall": clock.wall, "cpu": clock.cpu})
             print(f"  round {number} ({case}) {clock.wall:8.2f} s  CPU {clock.cpu:7.2f} s", flush=True)
-        if not args.no_dagster:
+        if number <= args.dagster_rounds:
             for case, size in (("d", None), ("e", EVENT_BATCH_SIZE)):
                 rounds[case].append(dagster_case(url, ids, size))
                 print(f"  round {number} ({case}) {rounds[case][-1]['wall']:8.2f} s  CPU {rounds[case][-1]['cpu']:7.2f} s",
@@ -279,11 +280,10 @@ CASES = {"a": "psql \\copy per campaign (one process each)", "b": "export core, 
 
 
 def report(result: dict, campaigns: int) -> None:
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    per = {case: {k: median([r[k] for r in runs]) * 1000 / campaigns for k in runs[0]}
+    per = {case: {k: statistics.median([r[k] for r in runs]) * 1000 / campaigns for k in runs[0]}
            for case, runs in result["rounds"].items()}
     a = per["a"]["wall"]
-    print(f"\nper campaign, medians of {len(result['rounds']['a'])} rounds, {campaigns} campaigns:")
+    print(f"\nper campaign, medians of the rounds, {campaigns} campaigns:")
     print("| case | wall ms | CPU ms | wall / (a) |\n|---|---:|---:|---:|")
     for case, figures in per.items():
         print(f"| ({case}) {CASES[case]} | {figures['wall']:.1f} | {figures['cpu']:.1f} | {figures['wall'] / a:.2f} |")
@@ -306,11 +306,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
-    parser.add_argument("--no-dagster", action="store_true", help="leave out cases (d) and (e)")
+    parser.add_argument("--dagster-rounds", type=int, default=1, help="rounds that run cases (d) and (e) too "
+                        "(each takes seconds per campaign); 0 leaves them out")
     args = parser.parse_args()
     url, ids = source_database(args.campaigns, args.seed)
     print(f"{len(ids)} campaigns in {url.rsplit('/', 1)[-1]}; rounds of (a) (b) (c)"
-          + ("" if args.no_dagster else " (d) (e)"), flush=True)
+          + (f", (d) (e) in {args.dagster_rounds}" if args.dagster_rounds else ""), flush=True)
     result = measure(args, url, ids)
     report(result, len(ids))
     results = BENCH_DIR / "results"

@@ -1,7 +1,9 @@
 """One campaign export, end to end, in two steps that Dagster (or any caller) drives:
 
-1. stage_export: open one source snapshot, stream the campaign batch by batch through the transform
-   into local files, and run the blocking checks on what was written;
+1. stage_export: read the campaign in one source snapshot (its own, streamed batch by batch through the
+   disk spill; or one shared with other small campaigns of the run, in memory: reading.py), route its rows
+   into export-order buckets, write them through the transform into local files, and run the blocking
+   checks on what was written;
 2. publish_export: only when every blocking check passed, upload files, manifest, then latest.json.
 """
 from __future__ import annotations

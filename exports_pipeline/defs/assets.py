@@ -132,12 +132,12 @@ def selected_formats(selected: AbstractSet[dg.AssetKey]) -> tuple[str, ...]:
 
 def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, options: ExportOptions,
                      source: SourceDatabase, target: Destination, destination: ExportDestination,
-                     shared_read: CampaignRead | None) -> Iterator:
+                     shared_read: CampaignRead | None, alone: bool) -> Iterator:
     """One campaign to a published snapshot, from the run's shared source snapshot (shared_read) or its own:
     its check evaluations, then (once published) a materialization of each selected asset for its partition.
     Log lines are events that Dagster stores one by one: a campaign of a run of many logs none of its own
-    when it exports (its materializations and checks say it all), only when it fails or streams."""
-    alone = len(context.partition_keys) == 1
+    when it exports (its materializations and checks say it all), only when it fails or streams.
+    alone: the run's only campaign."""
     progress = ProgressLog(context.log, campaign_id) if alone or shared_read is None else None
     with stage_export(source.url, campaign_id, options, context.run.run_id,
                       statement_timeout_ms=source.statement_timeout_ms, progress=progress,
@@ -249,19 +249,22 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     except ExportError as exc:
         _raise_for(context, {cid: exc for cid in context.partition_keys})
     failures: dict[str, Exception] = {}
+    # Each reading of context.partition_keys lists every dynamic partition from the instance: never per campaign.
+    alone = len(context.partition_keys) == 1
     campaign_ids = _campaigns_to_export(context, target)
     for campaign_id, shared_read in campaigns_in_read_order(source.url, campaign_ids, options,
                                                             source.statement_timeout_ms):
         try:
             if isinstance(shared_read, ExportError):
                 raise shared_read  # the shared read stopped on an error a retry can mend
-            yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read)
+            yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read,
+                                        alone)
         except ExportError as exc:
             failures[campaign_id] = exc
         except Exception as exc:  # a bug met by one campaign fails it alone, with its traceback in the log
             context.log.exception(f"campaign {campaign_id}: unexpected error")
             failures[campaign_id] = exc
-    if len(context.partition_keys) > 1:
+    if not alone:
         context.log.info(f"{len(campaign_ids) - len(failures)} of {len(campaign_ids)} campaigns published")
     if failures:
         _raise_for(context, failures)

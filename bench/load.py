@@ -5,6 +5,7 @@ against a `psql \\copy` per campaign, in the same run.
     make load LOAD_ARGS="--campaigns 5000"         # or 10000
     make load LOAD_ARGS="--campaigns 30"           # a quick look
     python bench/load.py --campaigns 1000 --keep   # keep databases and folders to look around in the UI
+    make load LOAD_ARGS="--code HEAD"              # measure a commit, whatever the tree holds meanwhile
 
 What it does, end to end, with real processes only (not part of the test suite or CI):
 
@@ -777,6 +778,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="give up on a phase running longer (s)")
     parser.add_argument("--seed", type=int, default=0, help="the seed generator's random seed")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help="raw JSON results go here")
+    parser.add_argument("--code", metavar="REVISION",
+                        help="measure this git revision (e.g. HEAD), copied out, whatever the tree holds meanwhile")
     args = parser.parse_args(argv)
     if args.campaigns < 1 or args.core_sample < 1:
         parser.error("--campaigns and --core-sample must be >= 1")
@@ -858,12 +861,36 @@ def measure(args: argparse.Namespace, work: Path, urls: tuple[str, str], report:
     return 0 if ok else 1
 
 
+def run_from_revision(revision: str, argv: list[str], results_dir: Path) -> int:
+    """Runs this load test from a copy of `revision` (git archive of the whole tree), so that the checkout can
+    change while it runs; the copy is removed afterwards."""
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    root = Path(tempfile.mkdtemp(prefix=f"exports-load-code-{rev}-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    rest = [a for i, a in enumerate(argv) if not (a.startswith("--code") or i and argv[i - 1] == "--code")]
+    env = os.environ | {"LOAD_CODE_REVISION": rev}
+    print(f"measuring {rev}, copied to {root}", flush=True)
+    child = subprocess.Popen([sys.executable, str(root / "bench" / "load.py"), *rest, "--results-dir",
+                              str(results_dir.resolve())], env=env, cwd=root)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.terminate()  # it cleans up its databases and folders
+        return child.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # This checkout's package in every process started (the virtualenv's editable install may name another).
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
         signal.signal(signum, raise_interrupt)
+    if args.code:
+        return run_from_revision(args.code, sys.argv[1:] if argv is None else argv, args.results_dir)
+    # This checkout's package in every process started (the virtualenv's editable install may name another).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     started = datetime.now(timezone.utc)
     work = Path(tempfile.mkdtemp(prefix="exports-load-"))
     for folder in ("dagster_home", "exports", "logs"):
@@ -873,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     urls = (with_database(args.server_url, databases[0]), with_database(args.server_url, databases[1]))
     config = instance_config(args.max_concurrent_runs, args.pool_limit)
     (work / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    report: dict = {"status": "interrupted", "git": git_revision(), "settings": settings(config)}
+    report: dict = {"status": "interrupted", "git": os.environ.get("LOAD_CODE_REVISION") or git_revision(),
+                    "settings": settings(config)}
     services: list[Service] = []
     try:
         create_databases(admin_url, databases)

@@ -861,7 +861,7 @@ def measure(args: argparse.Namespace, work: Path, urls: tuple[str, str], report:
     return 0 if ok else 1
 
 
-def run_from_revision(revision: str, argv: list[str], results_dir: Path) -> int:
+def run_from_revision(revision: str, argv: list[str], args: argparse.Namespace) -> int:
     """Runs this load test from a copy of `revision` (git archive of the whole tree), so that the checkout can
     change while it runs; the copy is removed afterwards."""
     rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True,
@@ -873,7 +873,8 @@ def run_from_revision(revision: str, argv: list[str], results_dir: Path) -> int:
     env = os.environ | {"LOAD_CODE_REVISION": rev}
     print(f"measuring {rev}, copied to {root}", flush=True)
     child = subprocess.Popen([sys.executable, str(root / "bench" / "load.py"), *rest, "--results-dir",
-                              str(results_dir.resolve())], env=env, cwd=root)
+                              str(args.results_dir.resolve()), "--reference", str(args.reference.resolve())],
+                             env=env, cwd=root)
     try:
         return child.wait()
     except KeyboardInterrupt:
@@ -888,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
         signal.signal(signum, raise_interrupt)
     if args.code:
-        return run_from_revision(args.code, sys.argv[1:] if argv is None else argv, args.results_dir)
+        return run_from_revision(args.code, sys.argv[1:] if argv is None else argv, args)
     # This checkout's package in every process started (the virtualenv's editable install may name another).
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     started = datetime.now(timezone.utc)

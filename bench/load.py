@@ -428,6 +428,8 @@ def psql_per_campaign(source_url: str, campaign_ids: list[str], contacts: dict[s
         done = subprocess.run([psql, source_url, "-X", "-v", "ON_ERROR_STOP=1", "-c",
                                f"\\copy ({sql}) to '{target}' csv header"], capture_output=True, text=True)
         seconds[cid] = time.perf_counter() - began
+        if len(seconds) % 500 == 0:
+            print(f"  [{time.perf_counter() - start:6.0f} s] {len(seconds):,} campaigns", flush=True)
         if done.returncode != 0 or done.stdout.split()[-1:] != [str(len(contacts.get(cid, ())))]:
             wrong.append(f"{cid}: psql exited {done.returncode}, printed {done.stdout.strip()[-80:]!r}")
     wall = time.perf_counter() - start

@@ -21,5 +21,7 @@ bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 # Not in CI: one backfill of 1,000 small campaigns through the production instance (bench/load.py --help).
+# The daemon and webserver it starts write events in batches, as deployments do (docs/operations.md).
+load: export DAGSTER_EVENT_BATCH_SIZE ?= 200
 load: setup
 	$(BIN)/python bench/load.py $(LOAD_ARGS)

@@ -3,15 +3,19 @@ checks each campaign on its own, and a campaign that fails fails alone."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
 
+import exports_pipeline.core.reading as reading
 import exports_pipeline.defs.assets as assets_module
 from exports_pipeline.core.errors import SourceUnavailableError
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+from exports_pipeline.defs.partitions import campaigns_partitions
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, C2, EMPTY
@@ -100,3 +104,47 @@ def test_a_range_run_of_xlsx_alone_writes_only_xlsx(source, tmp_path):
     snapshot, = _snapshots(tmp_path, C1)
     assert (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.xlsx").exists()
     assert not (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.csv").exists()
+
+
+@pytest.mark.parametrize("event_batch_size", [None, "200"])
+def test_only_the_failed_campaigns_partitions_show_failed(source, tmp_path, monkeypatch, event_batch_size):
+    """Also with Dagster's batched event writes, which the deployment turns on (docs/operations.md)."""
+    if event_batch_size:
+        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size)
+    with dg.instance_for_test() as instance:
+        result = _range_run(instance, source, tmp_path)
+        assert not result.success
+        for key in DEFAULT_EXPORT_KEYS:
+            status = instance.get_status_by_partition(key, CAMPAIGNS, campaigns_partitions)
+            assert status == {C1: dg.AssetPartitionStatus.MATERIALIZED, C2: dg.AssetPartitionStatus.FAILED,
+                              EMPTY: dg.AssetPartitionStatus.MATERIALIZED}, key
+
+
+def test_a_run_holds_at_most_four_source_sessions_and_one_snapshot(source, tmp_path, monkeypatch):
+    """The bound docs/operations.md states per export run: the shared snapshot's session and a reader, then
+    each large campaign's snapshot session and up to three readers, never both."""
+    monkeypatch.setattr(reading, "SMALL_CAMPAIGN_MAX_CONTACTS", 1)  # C1 (4 contacts) streams on its own
+    peaks = {"sessions": 0, "snapshots": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(source, autocommit=True) as monitor:
+            while not done.is_set():
+                sessions, snapshots = monitor.execute(
+                    # Sessions reading one snapshot share its xmin.
+                    "SELECT count(*), count(DISTINCT backend_xmin::text) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'exports-pipeline'").fetchone()
+                peaks["sessions"], peaks["snapshots"] = max(peaks["sessions"], sessions), max(peaks["snapshots"],
+                                                                                             snapshots)
+                time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with dg.instance_for_test() as instance:
+            result = _range_run(instance, source, tmp_path)
+    finally:
+        done.set()
+        sampler.join()
+    assert _materialized(result).keys() == {C1, EMPTY}  # C2 fails (its NaN cost), alone
+    assert 1 <= peaks["sessions"] <= 4 and peaks["snapshots"] <= 1, peaks

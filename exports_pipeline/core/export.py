@@ -1,7 +1,9 @@
 """One campaign export, end to end, in two steps that Dagster (or any caller) drives:
 
-1. stage_export: open one source snapshot, stream the campaign batch by batch through the transform
-   into local files, and run the blocking checks on what was written;
+1. stage_export: read the campaign in one source snapshot (its own, streamed batch by batch through the
+   disk spill; or one shared with other small campaigns of the run, in memory: reading.py), route its rows
+   into export-order buckets, write them through the transform into local files, and run the blocking
+   checks on what was written;
 2. publish_export: only when every blocking check passed, upload files, manifest, then latest.json.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 
 from exports_pipeline import __version__
 from exports_pipeline.core.destinations import Destination
-from exports_pipeline.core.errors import BlockingCheckError, CampaignNotFoundError, InvalidInputError
+from exports_pipeline.core.errors import BlockingCheckError, InvalidInputError
 from exports_pipeline.core.ids import parse_campaign_id
 from exports_pipeline.core.options import ExportOptions, export_columns
 from exports_pipeline.core.publish import (
@@ -35,6 +37,7 @@ from exports_pipeline.core.publish import (
     snapshot_name,
     upload_snapshot,
 )
+from exports_pipeline.core.reading import CampaignRead, MemorySpill, read_campaign
 from exports_pipeline.core.retention import STAGING_PREFIX
 from exports_pipeline.core.source import (
     ANSWERS_SCHEMA,
@@ -191,101 +194,179 @@ def _spill_campaign(source: SourceReader, campaign_id: str, contacts: int, spill
 def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_id: str, *,
                  statement_timeout_ms: int = 600_000,
                  progress: Callable[[int, int], None] | None = None,
-                 reader_processes: bool | None = None) -> Iterator[StagedExport]:
-    """Read the campaign in one snapshot and write its files to a temporary folder (removed on exit).
-    reader_processes: read the tables in child processes (None: from READER_PROCESSES_MIN_CONTACTS on)."""
+                 reader_processes: bool | None = None,
+                 shared_read: CampaignRead | None = None) -> Iterator[StagedExport]:
+    """Read the campaign in one snapshot and write its files to a temporary folder (removed on exit), in
+    four steps: read, route, write, check.
+    reader_processes: read the tables in child processes (None: from READER_PROCESSES_MIN_CONTACTS on).
+    shared_read: the campaign already read, rows included, from a snapshot shared with other campaigns
+    (reading.campaigns_in_read_order); None: read it here, from its own snapshot, streaming."""
     cid = parse_campaign_id(campaign_id)
     started_at = datetime.now(timezone.utc)
-    with open_source(source_url, statement_timeout_ms) as source, \
-            tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as staging:
-        campaign = source.campaign(cid)
-        if campaign is None:
-            raise CampaignNotFoundError(f"campaign {cid} is not in the source")
-        questions = source.questions(cid)
-        question_count = max((p for p, _ in questions), default=0)
-        columns = export_columns(question_count, options.columns)
-        all_contacts = source.count_contacts(cid, ExportOptions())
-        expected_rows = all_contacts if options.is_default_selection else source.count_contacts(cid, options)
-        _check_xlsx_limits(cid, options, expected_rows, columns)
-
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as staging:
         folder = Path(staging)
-        (folder / "buckets").mkdir()
-        sample = source.contact_key_sample(cid, sample_fraction(all_contacts, options.batch_size))
-        spill = BucketSpill(folder / "buckets", bucket_boundaries(sample, all_contacts, options.batch_size))
-        if reader_processes is None:
-            reader_processes = all_contacts >= READER_PROCESSES_MIN_CONTACTS
-        tallies = _spill_campaign(source, cid, all_contacts, spill, options.batch_size, reader_processes)
-        fingerprint = fingerprint_fields((campaign.updated_at, *(
-            value for table in ("contacts", "attempts", "answers") for value in (tallies[table].rows, tallies[table].latest)),
-            len(questions)))
-        anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
-        anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
-                          "answers_other_campaign": tallies["answers"].misfiled})
+        if shared_read is None:
+            with open_source(source_url, statement_timeout_ms) as source:
+                read = _read(source, cid, options)
+                spill, tallies = _route(source, cid, read, folder, options, reader_processes)
+        else:
+            read = _checked(shared_read, cid, options)
+            spill, tallies = _route_in_memory(read)
+        writers, written = _write(read, spill, folder, options, progress)
+        snapshot = snapshot_name(read.snapshot_time, run_id)
+        figures = {"campaign_id": cid, "snapshot": snapshot, **written.stats.figures()}
+        files = _files(folder, writers, read, snapshot, figures, written.rows, options)
+        anomalies = _anomalies(tallies, written, writers)
+        yield StagedExport(
+            campaign_id=cid, campaign=read.campaign, snapshot=snapshot, snapshot_time=read.snapshot_time,
+            started_at=started_at, options=options, columns=_columns(read, options), questions=read.questions,
+            rows=written.rows, anomalies=dict(anomalies), fingerprint=_fingerprint(read, tallies), files=files,
+            checks=_checks(files, _columns(read, options), written, read.selected_contacts, anomalies),
+            preview=written.preview, run_id=run_id, stats=figures)
 
-        # Phase 2: bucket by bucket, in export order. Each format has its own writer thread (polars and
-        # pyarrow release the GIL), and a batch is written while the next one is built: at most two
-        # batches are in memory, and every writer still receives the batches in order.
-        writers = _open_writers(folder, options, columns, questions)
-        stats = CampaignStats(source.snapshot_time)
-        id_hashes: list[pl.Series] = []
-        preview: pl.DataFrame | None = None
-        rows = invalid_phones = 0
-        with ThreadPoolExecutor(max_workers=max(1, len(writers)), thread_name_prefix="export-write") as pool:
-            writing: list = []
-            for bucket in range(spill.count):
-                contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
-                attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
-                answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
-                stats.add(contacts, attempts)  # the figures always cover the whole campaign
-                anomalies.update(bucket_anomalies(contacts, attempts, answers, question_count))
-                selected = select_contacts(contacts, options)
-                if selected.is_empty():
-                    continue
-                batch = build_rows(campaign, selected, attempts, answers, question_count)
-                id_hashes.append(batch["contact_id"].hash(seed=0))
-                invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
-                if preview is None:
-                    preview = csv_frame(batch.head(PREVIEW_ROWS), columns, options.formula_guard, timestamps_as_text=True)
-                for done in writing:
-                    done.result()
-                if progress and rows:
-                    progress(rows, expected_rows)
-                writing = [pool.submit(writer.write, batch) for writer in writers.values()]
-                rows += batch.height
+
+def _columns(read: CampaignRead, options: ExportOptions) -> list[str]:
+    return export_columns(read.question_count, options.columns)
+
+
+def _checked(read: CampaignRead, campaign_id: str, options: ExportOptions) -> CampaignRead:
+    """The read, once the options can export it (a sheet's limits)."""
+    _check_xlsx_limits(campaign_id, options, read.selected_contacts, _columns(read, options))
+    return read
+
+
+def _read(source: SourceReader, campaign_id: str, options: ExportOptions) -> CampaignRead:
+    """Step 1: the campaign's description and counts in its snapshot."""
+    return _checked(read_campaign(source, campaign_id, options), campaign_id, options)
+
+
+def _route(source: SourceReader, cid: str, read: CampaignRead, folder: Path, options: ExportOptions,
+           reader_processes: bool | None) -> tuple[BucketSpill, dict[str, StreamTally]]:
+    """Step 2, streaming: the three tables routed into export-order buckets on local disk."""
+    contacts = read.all_contacts
+    (folder / "buckets").mkdir()
+    sample = source.contact_key_sample(cid, sample_fraction(contacts, options.batch_size))
+    spill = BucketSpill(folder / "buckets", bucket_boundaries(sample, contacts, options.batch_size))
+    if reader_processes is None:
+        reader_processes = contacts >= READER_PROCESSES_MIN_CONTACTS
+    return spill, _spill_campaign(source, cid, contacts, spill, options.batch_size, reader_processes)
+
+
+def _route_in_memory(read: CampaignRead) -> tuple[MemorySpill, dict[str, StreamTally]]:
+    """Step 2, for rows already in memory (one bucket): the same routing, without the disk."""
+    spill = MemorySpill()
+    tallies = {table: spill_table(iter([frame] if frame.height else []), spill, table)
+               for table, frame in read.tables.items()}
+    return spill, tallies
+
+
+def _fingerprint(read: CampaignRead, tallies: dict[str, StreamTally]) -> dict:
+    return fingerprint_fields((read.campaign.updated_at, *(
+        value for table in ("contacts", "attempts", "answers") for value in (tallies[table].rows, tallies[table].latest)),
+        len(read.questions)))
+
+
+@dataclass
+class _Written:
+    """What step 3 wrote and counted on the way."""
+
+    stats: CampaignStats
+    anomalies: Counter
+    rows: int = 0
+    invalid_phones: int = 0
+    id_hashes: list[pl.Series] = field(default_factory=list)
+    preview: pl.DataFrame | None = None
+
+
+def _write(read: CampaignRead, spill: BucketSpill | MemorySpill, folder: Path, options: ExportOptions,
+           progress: Callable[[int, int], None] | None) -> tuple[dict, _Written]:
+    """Step 3: bucket by bucket, in export order, through the transform into the writers. Each format has its
+    own writer thread (polars and pyarrow release the GIL), and a batch is written while the next one is
+    built: at most two batches are in memory, and every writer still receives the batches in order."""
+    columns = _columns(read, options)
+    writers = _open_writers(folder, options, columns, read.questions)
+    written = _Written(CampaignStats(read.snapshot_time), Counter())
+    with ThreadPoolExecutor(max_workers=max(1, len(writers)), thread_name_prefix="export-write") as pool:
+        writing: list = []
+        for bucket in range(spill.count):
+            batch = _batch(read, spill, bucket, options, written)
+            if batch is None:
+                continue
             for done in writing:
                 done.result()
-        if progress and rows:
-            progress(rows, expected_rows)
-        empty = _empty_rows(question_count, campaign)
-        for writer in writers.values():
-            writer.close(empty)
-        if preview is None:
-            preview = csv_frame(empty, columns, options.formula_guard, timestamps_as_text=True)
-        if "xlsx" in writers:
-            anomalies["xlsx_cells_cut"] += writers["xlsx"].cut_cells
+            if progress and written.rows:
+                progress(written.rows, read.selected_contacts)
+            writing = [pool.submit(writer.write, batch) for writer in writers.values()]
+            written.rows += batch.height
+        for done in writing:
+            done.result()
+    if progress and written.rows:
+        progress(written.rows, read.selected_contacts)
+    # A writer needs the empty frame's header only when no batch came; it costs milliseconds to build.
+    empty = _empty_rows(read.question_count, read.campaign) if written.preview is None else None
+    for writer in writers.values():
+        writer.close(empty)
+    if written.preview is None:
+        written.preview = csv_frame(empty, columns, options.formula_guard, timestamps_as_text=True)
+    return writers, written
 
-        snapshot = snapshot_name(source.snapshot_time, run_id)
-        figures = {"campaign_id": cid, "snapshot": snapshot, **stats.figures()}
-        files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
-        if "pdf" in options.formats:
-            from exports_pipeline.core.summary_pdf import write_summary_pdf  # reportlab: loaded for PDFs only
 
-            write_summary_pdf(folder / FILE_NAMES["pdf"], cid, campaign.name, snapshot, rows, figures)
-            files.append(StagedFile(FILE_NAMES["pdf"], "pdf", folder / FILE_NAMES["pdf"], None))
-        (folder / STATS_FILE).write_text(json.dumps(figures, indent=2))
-        files.append(StagedFile(STATS_FILE, "json", folder / STATS_FILE, None))
-        checks = _blocking_checks(files, columns, rows, expected_rows, id_hashes) + [
-            CheckOutcome("no_row_anomalies", not any(anomalies.values()), False,
-                         "Rows the export set aside or could not read (counted, never fatal).", dict(anomalies)),
-            CheckOutcome("phone_numbers_e164", invalid_phones == 0, False,
-                         "Share of exported phone numbers that are not valid E.164.",
-                         {"not_e164": invalid_phones, "share_percent": percentage(invalid_phones, rows)}),
-        ]
-        yield StagedExport(
-            campaign_id=cid, campaign=campaign, snapshot=snapshot,
-            snapshot_time=source.snapshot_time, started_at=started_at, options=options, columns=columns,
-            questions=questions, rows=rows, anomalies=dict(anomalies), fingerprint=fingerprint, files=files,
-            checks=checks, preview=preview, run_id=run_id, stats=figures)
+def _batch(read: CampaignRead, spill: BucketSpill | MemorySpill, bucket: int, options: ExportOptions,
+           written: _Written) -> pl.DataFrame | None:
+    """One bucket's export rows (None when the options select none of its contacts); the figures, anomalies,
+    id hashes and preview take it into account."""
+    contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
+    attempts = spill.read("attempts", bucket, ATTEMPTS_SCHEMA)
+    answers = spill.read("answers", bucket, ANSWERS_SCHEMA)
+    written.stats.add(contacts, attempts)  # the figures always cover the whole campaign
+    written.anomalies.update(bucket_anomalies(contacts, attempts, answers, read.question_count))
+    selected = select_contacts(contacts, options)
+    if selected.is_empty():
+        return None
+    batch = build_rows(read.campaign, selected, attempts, answers, read.question_count)
+    written.id_hashes.append(batch["contact_id"].hash(seed=0))
+    written.invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
+    if written.preview is None:
+        written.preview = csv_frame(batch.head(PREVIEW_ROWS), _columns(read, options), options.formula_guard,
+                                    timestamps_as_text=True)
+    return batch
+
+
+def _anomalies(tallies: dict[str, StreamTally], written: _Written, writers: dict) -> Counter:
+    anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
+    anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
+                      "answers_other_campaign": tallies["answers"].misfiled})
+    anomalies.update(written.anomalies)
+    if "xlsx" in writers:
+        anomalies["xlsx_cells_cut"] += writers["xlsx"].cut_cells
+    return anomalies
+
+
+def _files(folder: Path, writers: dict, read: CampaignRead, snapshot: str, figures: dict, rows: int,
+           options: ExportOptions) -> list[StagedFile]:
+    """The staged files: the writers', the PDF summary when asked, and the figures."""
+    files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
+    if "pdf" in options.formats:
+        from exports_pipeline.core.summary_pdf import write_summary_pdf  # reportlab: loaded for PDFs only
+
+        write_summary_pdf(folder / FILE_NAMES["pdf"], figures["campaign_id"], read.campaign.name, snapshot, rows, figures)
+        files.append(StagedFile(FILE_NAMES["pdf"], "pdf", folder / FILE_NAMES["pdf"], None))
+    (folder / STATS_FILE).write_text(json.dumps(figures, indent=2))
+    files.append(StagedFile(STATS_FILE, "json", folder / STATS_FILE, None))
+    return files
+
+
+def _checks(files: list[StagedFile], columns: list[str], written: _Written, expected_rows: int,
+            anomalies: Counter) -> list[CheckOutcome]:
+    """Step 4: the blocking checks on what was written, then the reported ones."""
+    return _blocking_checks(files, columns, written.rows, expected_rows, written.id_hashes) + [
+        CheckOutcome("no_row_anomalies", not any(anomalies.values()), False,
+                     "Rows the export set aside or could not read (counted, never fatal).", dict(anomalies)),
+        CheckOutcome("phone_numbers_e164", written.invalid_phones == 0, False,
+                     "Share of exported phone numbers that are not valid E.164.",
+                     {"not_e164": written.invalid_phones, "share_percent": percentage(written.invalid_phones,
+                                                                                      written.rows)}),
+    ]
 
 
 def _written_header(files: list[StagedFile], columns: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ from exports_pipeline.core.export import (
     stage_export,
 )
 from exports_pipeline.core.options import DEFAULT_FORMATS, ExportOptions
+from exports_pipeline.core.reading import CampaignRead, campaigns_in_read_order
 from exports_pipeline.defs.checks import CSV_KEY, check_evaluations, check_specs
 from exports_pipeline.defs.config import ExportRunConfig
 from exports_pipeline.defs.partitions import campaigns_partitions
@@ -130,21 +131,27 @@ def selected_formats(selected: AbstractSet[dg.AssetKey]) -> tuple[str, ...]:
 
 
 def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, options: ExportOptions,
-                     source: SourceDatabase, target: Destination, destination: ExportDestination) -> Iterator:
-    """One campaign from its own source snapshot to a published snapshot: its check evaluations, then
-    (once published) a materialization of each selected asset for its partition."""
+                     source: SourceDatabase, target: Destination, destination: ExportDestination,
+                     shared_read: CampaignRead | None) -> Iterator:
+    """One campaign to a published snapshot, from the run's shared source snapshot (shared_read) or its own:
+    its check evaluations, then (once published) a materialization of each selected asset for its partition.
+    Log lines are events that Dagster stores one by one: a campaign of a run of many logs none of its own
+    when it exports (its materializations and checks say it all), only when it fails or streams."""
+    alone = len(context.partition_keys) == 1
+    progress = ProgressLog(context.log, campaign_id) if alone or shared_read is None else None
     with stage_export(source.url, campaign_id, options, context.run.run_id,
-                      statement_timeout_ms=source.statement_timeout_ms,
-                      progress=ProgressLog(context.log, campaign_id)) as staged:
-        if len(context.partition_keys) == 1:
+                      statement_timeout_ms=source.statement_timeout_ms, progress=progress,
+                      shared_read=shared_read) as staged:
+        if alone:
             _tag_run(context, options.formats, staged.campaign.name)
         # Check results come first: a failed blocking check is recorded, then publication refuses.
         yield from check_evaluations(staged.checks, campaign_id, context.selected_asset_check_keys)
         publication = prepare_publication(staged)
         materializations = _materializations(publication, target, destination, context.selected_asset_keys)
         moved = publish(publication, target)
-    context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
-                     + ("" if moved else " (latest.json not moved)"))
+    if alone:
+        context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
+                         + ("" if moved else " (latest.json not moved)"))
     for key, metadata in materializations.items():
         yield dg.AssetMaterialization(asset_key=key, partition=campaign_id, metadata=metadata | {"latest_moved": moved})
 
@@ -231,9 +238,9 @@ def _raise_for(context: dg.AssetExecutionContext, failures: dict[str, Exception]
 )
 def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase,
                     destination: ExportDestination):
-    """Export each campaign partition of the run, one after the other, each from its own source snapshot to
-    its own immutable snapshot. A campaign that fails fails alone: the others publish, then the step fails
-    naming each failed campaign."""
+    """Export each campaign partition of the run, one after the other, each to its own immutable snapshot:
+    small campaigns from a source snapshot shared a chunk at a time (core/reading.py), large ones each from its
+    own. A campaign that fails fails alone: the others publish, then the step fails naming each failed campaign."""
     formats = selected_formats(context.selected_asset_keys)
     _tag_run(context, formats)
     try:
@@ -242,13 +249,19 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
     except ExportError as exc:
         _raise_for(context, {cid: exc for cid in context.partition_keys})
     failures: dict[str, Exception] = {}
-    for campaign_id in _campaigns_to_export(context, target):
+    campaign_ids = _campaigns_to_export(context, target)
+    for campaign_id, shared_read in campaigns_in_read_order(source.url, campaign_ids, options,
+                                                            source.statement_timeout_ms):
         try:
-            yield from _export_campaign(context, campaign_id, options, source, target, destination)
+            if isinstance(shared_read, ExportError):
+                raise shared_read  # the shared read stopped on an error a retry can mend
+            yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read)
         except ExportError as exc:
             failures[campaign_id] = exc
         except Exception as exc:  # a bug met by one campaign fails it alone, with its traceback in the log
             context.log.exception(f"campaign {campaign_id}: unexpected error")
             failures[campaign_id] = exc
+    if len(context.partition_keys) > 1:
+        context.log.info(f"{len(campaign_ids) - len(failures)} of {len(campaign_ids)} campaigns published")
     if failures:
         _raise_for(context, failures)

@@ -85,9 +85,11 @@ DEFAULT_ASSETS = ("campaign_results_csv", "campaign_results_parquet", "campaign_
 BACKFILL_TAG = "dagster/backfill"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-# docs/operations.md: each export run holds one snapshot session and up to three reading sessions; the
-# sensors' and the schedule's catalog sessions come on top (11 with the default pool limit of 2).
-SESSIONS_PER_EXPORT_RUN, INSTIGATOR_SESSIONS = 4, 3
+# docs/operations.md: an export run holds at most 4 source sessions at once; the sensors (4 evaluated at once)
+# and the nightly schedule one each: 4 x pool limit + 5 (13 with the default limit of 2).
+SESSIONS_PER_EXPORT_RUN, INSTIGATOR_SESSIONS = 4, 5
+# docs/operations.md: deployments set it for the daemon, the webserver, the code servers and the run workers.
+EVENT_BATCH_SIZE = "200"
 TARGET_RSS_MIB = 2048
 PROGRESS_EVERY_S = 30.0
 STARTUP_TIMEOUT_S = 300.0
@@ -346,9 +348,11 @@ def instance_config(max_concurrent_runs: int | None, pool_limit: int | None) -> 
 
 
 def deployment_env(server_url: str, storage_db: str, source_url: str, home: Path, exports: Path) -> dict:
-    """This process's environment without EXPORTS_* settings (no mail, no S3 endpoint) plus the deployment's."""
+    """This process's environment without EXPORTS_* settings (no mail, no S3 endpoint) plus the deployment's,
+    events written in batches as deployments do (DAGSTER_EVENT_BATCH_SIZE, unless set already)."""
     server = urlsplit(server_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTS_")}
+    env.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
     env.update(DAGSTER_HOME=str(home), DAGSTER_PG_HOST=server.hostname or "127.0.0.1",
                DAGSTER_PG_PORT=str(server.port or 5432), DAGSTER_PG_USER=server.username or "postgres",
                DAGSTER_PG_PASSWORD=server.password or "", DAGSTER_PG_DB=storage_db,
@@ -802,6 +806,7 @@ def settings(config: dict) -> dict:
     return {"max_concurrent_runs": config["concurrency"]["runs"]["max_concurrent_runs"], "pool": SOURCE_POOL,
             "pool_limit": config["concurrency"]["pools"]["default_limit"],
             "granularity": config["concurrency"]["pools"].get("granularity"),
+            "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE),
             "run_coordinator": config["run_coordinator"], "run_launcher": config.get("run_launcher", "default")}
 
 

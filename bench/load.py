@@ -604,6 +604,17 @@ def check_exports(exports: Path, campaign_ids: list[str], contacts: dict[str, se
             for problem in check_campaign(exports, cid, contacts.get(cid, set()), runs_of(cid))]
 
 
+def database_activity(admin_url: str, databases: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Sessions opened so far and seconds spent running statements, per database (pg_stat_database, which
+    counts what the PostgreSQL server does for each, connection set-ups included: the storage database's
+    figures are the cost of Dagster's events and run bookkeeping on the server)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname, sessions, active_time FROM pg_stat_database WHERE datname = ANY(%s)",
+                            (list(databases.values()),)).fetchall()
+    names = {db: role for role, db in databases.items()}
+    return {names[db]: {"sessions": sessions, "active_s": active_ms / 1000} for db, sessions, active_ms in rows}
+
+
 def event_counts(storage_url: str, run_ids: list[str]) -> dict[str, int]:
     """Events the runs wrote to the event log, by type (read from Dagster's PostgreSQL storage)."""
     with psycopg.connect(storage_url, autocommit=True) as conn:
@@ -641,15 +652,19 @@ class Load:
         self.graphql, self.services, self.sampler, self.args = graphql, services, sampler, args
         self.exports, self.campaign_ids, self.contacts = exports, campaign_ids, contacts
         self.source_url, self.storage_url = urls
+        self.admin_url = with_database(args.server_url, "postgres")
+        self.databases = {role: urlsplit(url).path.lstrip("/") for role, url in zip(("source", "storage"), urls)}
         self.earlier_runs: set[str] = set()
 
     def measured(self, name: str, body) -> dict:
         """Runs body() -> (seconds, runs, details) as phase `name`: its CPU, peaks, events and checks."""
         self.sampler.begin_phase(name)
-        cpu_before = self.sampler.cpu_totals()
+        cpu_before, server_before = self.sampler.cpu_totals(), database_activity(self.admin_url, self.databases)
         seconds, runs, details = body()
-        time.sleep(2.0)  # the run workers' last CPU seconds, before they are reaped
+        time.sleep(2.0)  # the run workers' last CPU seconds, before they are reaped; the server's statistics
         cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in self.sampler.cpu_totals().items()}
+        server = {role: {k: round(v - server_before[role][k], 2) for k, v in figures.items()}
+                  for role, figures in database_activity(self.admin_url, self.databases).items()}
         run_ids = [r["runId"] for r in runs]
         print(f"  {name}: {seconds:.1f} s, {len(runs)} runs {dict(Counter(r['status'] for r in runs))}; "
               "checking every campaign's latest.json ...", flush=True)
@@ -659,7 +674,7 @@ class Load:
                                  lambda cid: phase_runs if cid in exported else earlier)
         self.earlier_runs = earlier | phase_runs
         return {**details, "seconds": round(seconds, 2), "runs": len(runs),
-                "run_status": dict(Counter(r["status"] for r in runs)), "cpu_s": cpu,
+                "run_status": dict(Counter(r["status"] for r in runs)), "cpu_s": cpu, "postgres": server,
                 "events": event_counts(self.storage_url, run_ids), "peaks": self.sampler.peaks[name],
                 "problems": problems, "run_details": runs}
 
@@ -703,7 +718,9 @@ def cpu_split(phase: dict, export_cpu_per_campaign: float) -> dict:
     return {"run_workers": round(workers / campaigns, 4), "export": round(export_cpu_per_campaign, 4),
             "dagster_in_run_workers": round(workers / campaigns - export_cpu_per_campaign, 4),
             "dagster_outside_run_workers": round(outside / campaigns, 4),
-            "dagster_events_per_campaign": round(sum(phase["events"].values()) / campaigns, 1)}
+            "dagster_events_per_campaign": round(sum(phase["events"].values()) / campaigns, 1),
+            **{f"postgres_{role}_{k}": round(v / campaigns, 4) for role, figures in phase["postgres"].items()
+               for k, v in figures.items()}}
 
 
 def summarize(report: dict) -> dict:
@@ -747,6 +764,9 @@ def print_summary(report: dict, summary: dict) -> None:
               f"{cpu['export'] * 1000:.0f} ms + Dagster in the run {cpu['dagster_in_run_workers'] * 1000:.0f} ms "
               f"({cpu['dagster_events_per_campaign']:.0f} events per campaign); Dagster outside the runs "
               f"{cpu['dagster_outside_run_workers'] * 1000:.0f} ms")
+        print(f"      PostgreSQL per campaign: storage {cpu['postgres_storage_sessions']:.1f} sessions opened, "
+              f"{cpu['postgres_storage_active_s'] * 1000:.0f} ms running statements; source "
+              f"{cpu['postgres_source_sessions']:.2f} sessions, {cpu['postgres_source_active_s'] * 1000:.0f} ms")
         print("      peak RSS: " + ", ".join(f"{k} tree {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())
               + f", together {s['peak_total_rss_mib']:.0f} MiB (target < {TARGET_RSS_MIB} MiB); peak source "
               f"connections {s['peak_source_connections']} (documented bound {summary['source_connection_bound']})")

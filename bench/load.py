@@ -234,6 +234,7 @@ class Sampler(threading.Thread):
         self.admin_url, self.source_db, self.services, self.interval = admin_url, source_db, services, interval
         self.phase, self.peaks = "idle", {}
         self.processes: dict[tuple[int, int], tuple[str, str, float]] = {}  # (pid, start) -> (service, kind, CPU)
+        self.schedstat: dict[tuple[int, int], tuple[float, float]] = {}  # run workers' (on a CPU, waiting for one)
         self.lock = threading.Lock()
         self.error: str | None = None
         self._done = threading.Event()
@@ -290,8 +291,24 @@ class Sampler(threading.Thread):
                 known = self.processes.get(key)
                 kind = known[1] if known else process_kind(pid, group)
                 self.processes[key] = (groups[group], kind, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+            if kind == "run worker":
+                self._sample_schedstat(key)
             rss[groups[group]] += int(fields[21]) * PAGE
         return rss
+
+    def _sample_schedstat(self, key: tuple[int, int]) -> None:
+        """The main thread's seconds on a CPU and waiting in the run queue for one (proc(5) schedstat): what is
+        left of its lifetime it spent blocked (I/O, database round trips)."""
+        try:
+            on_cpu, waiting = map(int, Path(f"/proc/{key[0]}/schedstat").read_text().split()[:2])
+        except (OSError, ValueError):
+            return
+        with self.lock:
+            self.schedstat[key] = (on_cpu / 1e9, waiting / 1e9)
+
+    def run_worker_schedstat(self) -> tuple[float, float]:
+        with self.lock:
+            return (sum(v[0] for v in self.schedstat.values()), sum(v[1] for v in self.schedstat.values()))
 
     def cpu_totals(self) -> dict[str, float]:
         """CPU seconds so far per 'service/kind', processes that ended included."""
@@ -659,12 +676,10 @@ class Load:
     def measured(self, name: str, body) -> dict:
         """Runs body() -> (seconds, runs, details) as phase `name`: its CPU, peaks, events and checks."""
         self.sampler.begin_phase(name)
-        cpu_before, server_before = self.sampler.cpu_totals(), database_activity(self.admin_url, self.databases)
+        before = self._counters()
         seconds, runs, details = body()
         time.sleep(2.0)  # the run workers' last CPU seconds, before they are reaped; the server's statistics
-        cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in self.sampler.cpu_totals().items()}
-        server = {role: {k: round(v - server_before[role][k], 2) for k, v in figures.items()}
-                  for role, figures in database_activity(self.admin_url, self.databases).items()}
+        usage = self._usage_since(before, runs)
         run_ids = [r["runId"] for r in runs]
         print(f"  {name}: {seconds:.1f} s, {len(runs)} runs {dict(Counter(r['status'] for r in runs))}; "
               "checking every campaign's latest.json ...", flush=True)
@@ -673,10 +688,26 @@ class Load:
         problems = check_exports(self.exports, self.campaign_ids, self.contacts,
                                  lambda cid: phase_runs if cid in exported else earlier)
         self.earlier_runs = earlier | phase_runs
-        return {**details, "seconds": round(seconds, 2), "runs": len(runs),
-                "run_status": dict(Counter(r["status"] for r in runs)), "cpu_s": cpu, "postgres": server,
+        return {**details, **usage, "seconds": round(seconds, 2), "runs": len(runs),
+                "run_status": dict(Counter(r["status"] for r in runs)),
                 "events": event_counts(self.storage_url, run_ids), "peaks": self.sampler.peaks[name],
                 "problems": problems, "run_details": runs}
+
+    def _counters(self) -> tuple:
+        return (self.sampler.cpu_totals(), database_activity(self.admin_url, self.databases),
+                self.sampler.run_worker_schedstat())
+
+    def _usage_since(self, before: tuple, runs: list[dict]) -> dict:
+        """CPU per process kind, the server's work per database and how the run workers spent their time."""
+        cpu, server, sched = self._counters()
+        on_cpu, waiting = (after - earlier for after, earlier in zip(sched, before[2]))
+        lifetime = sum(r["endTime"] - r["startTime"] for r in runs if r["startTime"] and r["endTime"])
+        return {"cpu_s": {k: round(v - before[0].get(k, 0.0), 1) for k, v in cpu.items()},
+                "postgres": {role: {k: round(v - before[1][role][k], 2) for k, v in figures.items()}
+                             for role, figures in server.items()},
+                "run_worker_time": {"lifetime_s": round(lifetime, 1), "on_cpu_s": round(on_cpu, 1),
+                                    "waiting_for_cpu_s": round(waiting, 1),
+                                    "blocked_s": round(lifetime - on_cpu - waiting, 1)}}
 
     def backfill(self) -> tuple[float, list[dict], dict]:
         """(c): one asset backfill of all partitions, launched through GraphQL, until it completes."""
@@ -741,7 +772,8 @@ def summarize(report: dict) -> dict:
                          "peak_rss_mib": phase["peaks"]["rss_mib"],
                          "peak_total_rss_mib": phase["peaks"]["total_rss_mib"],
                          "peak_source_connections": phase["peaks"]["source_connections"],
-                         "runs": phase["runs"], "problems": len(phase["problems"])}
+                         "runs": phase["runs"], "problems": len(phase["problems"]),
+                         "run_worker_time": phase["run_worker_time"]}
     return summary
 
 
@@ -764,6 +796,11 @@ def print_summary(report: dict, summary: dict) -> None:
               f"{cpu['export'] * 1000:.0f} ms + Dagster in the run {cpu['dagster_in_run_workers'] * 1000:.0f} ms "
               f"({cpu['dagster_events_per_campaign']:.0f} events per campaign); Dagster outside the runs "
               f"{cpu['dagster_outside_run_workers'] * 1000:.0f} ms")
+        time_of = summary[name]["run_worker_time"]
+        print(f"      run workers' time ({time_of['lifetime_s']:.0f} s in all): " + ", ".join(
+            f"{label} {time_of[k] / time_of['lifetime_s']:.0%}" for k, label in (
+                ("on_cpu_s", "on a CPU"), ("waiting_for_cpu_s", "waiting for a CPU"),
+                ("blocked_s", "blocked (I/O, database round trips)"))) + " (main threads)")
         print(f"      PostgreSQL per campaign: storage {cpu['postgres_storage_sessions']:.1f} sessions opened, "
               f"{cpu['postgres_storage_active_s'] * 1000:.0f} ms running statements; source "
               f"{cpu['postgres_source_sessions']:.2f} sessions, {cpu['postgres_source_active_s'] * 1000:.0f} ms")

@@ -943,11 +943,13 @@ def run_from_revision(revision: str, argv: list[str], args: argparse.Namespace) 
     print(f"measuring {rev}, copied to {root}", flush=True)
     child = subprocess.Popen([sys.executable, str(root / "bench" / "load.py"), *rest, "--results-dir",
                               str(args.results_dir.resolve()), "--reference", str(args.reference.resolve())],
-                             env=env, cwd=root)
+                             env=env, cwd=root, start_new_session=True)  # signals reach it once, from here
     try:
         return child.wait()
     except KeyboardInterrupt:
-        child.terminate()  # it cleans up its databases and folders
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal would cut the child's clean-up short
+        child.terminate()  # it stops its processes, drops its databases and writes its results
         return child.wait()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -329,11 +329,30 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from exports_pipeline.core.seed import seed_source
+    from exports_pipeline.core.seed import mixed_sizes, seed_source
 
-    for cid in seed_source(args.url, contacts=args.contacts, campaigns=args.campaigns, seed=args.seed):
+    if (args.contacts is None) == (args.size_mix is None):
+        raise SystemExit("exports-pipeline seed: give --contacts or --size-mix, one of them")
+    try:
+        sizes = mixed_sizes(args.campaigns, args.size_mix, args.seed) if args.size_mix else None
+    except ValueError as exc:
+        raise SystemExit(f"exports-pipeline seed: --size-mix: {exc}")
+    contacts = sum(sizes) if sizes else args.contacts
+    for cid in seed_source(args.url, contacts=contacts, campaigns=args.campaigns, seed=args.seed, sizes=sizes):
         print(cid)
     return 0
+
+
+def _size_mix(text: str) -> list[tuple[float, int, int]]:
+    """'90:1-40,9:100-400,1:2000-4000' -> [(90.0, 1, 40), (9.0, 100, 400), (1.0, 2000, 4000)]."""
+    try:
+        bands = [band.split(":") for band in text.split(",")]
+        mix = [(float(share), *map(int, sizes.split("-"))) for share, sizes in bands]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PERCENT:FEWEST-MOST,... such as 90:1-40,10:100-400")
+    if any(len(band) != 3 for band in mix):
+        raise argparse.ArgumentTypeError(f"{text!r}: each band is PERCENT:FEWEST-MOST")
+    return mix
 
 
 def _positive(text: str) -> int:
@@ -397,8 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = _command(commands, "seed", "Generate a synthetic source database (PostgreSQL or SQLite).", cmd_seed)
     seed.add_argument("--url", required=True, help="postgresql://... or sqlite:///path")
-    seed.add_argument("--contacts", type=int, required=True, help="Contacts in total.")
+    seed.add_argument("--contacts", type=int, help="Contacts in total (the first campaign holds most).")
     seed.add_argument("--campaigns", type=int, default=1, help="Campaigns (default 1).")
+    seed.add_argument("--size-mix", type=_size_mix, metavar="PERCENT:FEWEST-MOST,...",
+                      help="Contacts per campaign by bands instead of --contacts, e.g. 90:1-40,9:100-400,1:2000-4000 "
+                           "(90%% of the campaigns with 1 to 40 contacts...).")
     seed.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
     return parser
 

@@ -270,3 +270,25 @@ def test_sqlite_seed_matches_the_spec_types(sqlite_url):
         json.loads(transcript)
         assert conn.execute("SELECT typeof(cost_usd) FROM call_attempts WHERE cost_usd IS NOT NULL "
                             "GROUP BY 1").fetchall() == [("real",)]
+
+
+def test_size_mix_gives_heavy_tailed_campaigns(sqlite_url, capsys):
+    """`seed --size-mix`: each band's share of the campaigns, sizes within the band, the same for a seed."""
+    from exports_pipeline.cli import main
+    from exports_pipeline.core.seed import mixed_sizes
+
+    mix = [(90, 1, 40), (9, 100, 400), (1, 2000, 4000)]
+    sizes = mixed_sizes(1000, mix, seed=3)
+    assert len(sizes) == 1000 and sizes == mixed_sizes(1000, mix, seed=3) != mixed_sizes(1000, mix, seed=4)
+    assert [sum(lo <= n <= hi for n in sizes) for _, lo, hi in mix] == [900, 90, 10]
+    assert max(sizes.index(n) for n in sizes if n >= 2000) > 100  # the large ones are spread out, not first
+    with pytest.raises(ValueError):
+        mixed_sizes(10, [(90, 1, 40)])
+
+    assert main(["seed", "--url", sqlite_url, "--campaigns", "20", "--size-mix", "50:1-3,50:10-12", "--seed", "2"]) == 0
+    ids = capsys.readouterr().out.split()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        counts = dict(conn.execute("SELECT campaign_id, count(*) FROM contacts GROUP BY 1").fetchall())
+    assert [counts.get(i, 0) for i in ids] == mixed_sizes(20, [(50, 1, 3), (50, 10, 12)], seed=2)
+    with pytest.raises(SystemExit):
+        main(["seed", "--url", sqlite_url, "--contacts", "5", "--size-mix", "100:1-2"])

@@ -28,6 +28,7 @@ import random
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,6 +332,25 @@ def _transcript_pool() -> list[str]:
     return [json.dumps(t, ensure_ascii=False) for t in pool + _ODD_TRANSCRIPTS]
 
 
+def mixed_sizes(campaigns: int, mix: Sequence[tuple[float, int, int]], seed: int = 0) -> list[int]:
+    """Contacts per campaign drawn from bands of (percent of the campaigns, fewest, most contacts): each
+    band gets its share of the campaigns, rounded (the first band takes what rounding leaves), sizes
+    uniform within a band, the bands shuffled among the campaigns; the same for a seed. For loads whose
+    campaign sizes are heavy-tailed, as in production (most small, a few large)."""
+    if campaigns < 1 or not mix or any(p < 0 or lo < 0 or hi < lo for p, lo, hi in mix) \
+            or abs(sum(p for p, _, _ in mix) - 100) > 1e-9:
+        raise ValueError("a size mix needs bands of (percent, fewest, most) with 0 <= fewest <= most, "
+                         "percents adding up to 100")
+    counts = [round(campaigns * p / 100) for p, _, _ in mix[1:]]
+    counts.insert(0, campaigns - sum(counts))
+    if counts[0] < 0:
+        raise ValueError(f"the size mix's shares round to more than {campaigns} campaigns")
+    rng = random.Random(f"exports-seed-sizes:{seed}")
+    sizes = [rng.randint(lo, hi) for (_, lo, hi), n in zip(mix, counts) for _ in range(n)]
+    rng.shuffle(sizes)
+    return sizes
+
+
 def _split(contacts: int, campaigns: int) -> list[int]:
     """Contacts per campaign: the first holds most; with 3+ campaigns the last holds none."""
     if campaigns == 1:
@@ -341,9 +361,9 @@ def _split(contacts: int, campaigns: int) -> list[int]:
     return [contacts - each * (campaigns - 2)] + [each] * (campaigns - 2) + [0]
 
 
-def _make_campaigns(rng: random.Random, contacts: int, count: int, offset: int, now_us: int) -> list[_Campaign]:
-    result = []
-    for i, n in enumerate(_split(contacts, count)):
+def _make_campaigns(rng: random.Random, sizes: list[int], offset: int, now_us: int) -> list[_Campaign]:
+    result, count = [], len(sizes)
+    for i, n in enumerate(sizes):
         g = offset + i  # global index: appended campaigns continue the name and status cycles
         status = "draft" if count >= 3 and i == count - 1 else _CAMPAIGN_STATUSES[g % len(_CAMPAIGN_STATUSES)]
         start = now_us - rng.randrange(60 * _DAY_US, 120 * _DAY_US)
@@ -517,17 +537,15 @@ def _contacts(drawn: pl.DataFrame, camp: _Campaign, first: int, now_us: int) -> 
     )
 
 
-def _generate(contacts: int, campaigns: int, seed: int, existing: int, now: dt.datetime | None, chunk: int):
+def _generate(sizes: list[int], seed: int, existing: int, now: dt.datetime | None, chunk: int):
     """(campaigns, questions, transcript pool, iterator of (contacts, attempts, answers) chunks)."""
-    if contacts < 0 or campaigns < 1:
-        raise ValueError("contacts must be >= 0 and campaigns >= 1")
     if now is None:
         now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=dt.timezone.utc)
     now_us = (now - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
     rng = random.Random(f"exports-seed:{seed}:{existing}")  # existing data -> other ids
-    camps = _make_campaigns(rng, contacts, campaigns, existing, now_us)
+    camps = _make_campaigns(rng, sizes, existing, now_us)
     pool = _transcript_pool()
     bits = _Bits(rng)
 
@@ -559,17 +577,24 @@ def _campaign_rows(camps: list[_Campaign]) -> pl.DataFrame:
 
 
 def seed_source(url: str, contacts: int, campaigns: int = 1, seed: int = 0, *,
-                now: dt.datetime | None = None) -> list[str]:
+                now: dt.datetime | None = None, sizes: Sequence[int] | None = None) -> list[str]:
     """Generate a synthetic source database; return the new campaign ids in creation order.
 
     Deterministic for a seed and a reference time ``now`` (default: the current UTC hour, so runs
     within the same hour match; naive means UTC); every timestamp is at or before it. Appending to a database that
-    already holds campaigns mixes their count into the random stream, so ids never clash.
+    already holds campaigns mixes their count into the random stream, so ids never clash. ``sizes``
+    (contacts per campaign, e.g. from mixed_sizes; their sum and count must be contacts and campaigns)
+    replaces the default split, in which the first campaign holds most contacts.
     """
+    if contacts < 0 or campaigns < 1:
+        raise ValueError("contacts must be >= 0 and campaigns >= 1")
+    if sizes is not None and (len(sizes) != campaigns or sum(sizes) != contacts or min(sizes) < 0):
+        raise ValueError("sizes must be one count >= 0 per campaign, adding up to contacts")
+    split = list(sizes) if sizes is not None else _split(contacts, campaigns)
     path = _sqlite_path(url)
     if path is None:
-        return _seed_postgres(url, contacts, campaigns, seed, now)
-    return _seed_sqlite(path, contacts, campaigns, seed, now)
+        return _seed_postgres(url, split, seed, now)
+    return _seed_sqlite(path, split, seed, now)
 
 
 _CHUNK = 100_000  # contacts per generated batch: bounds memory and keeps COPY buffers under 2 GB
@@ -653,11 +678,11 @@ _LOADS = {
 }
 
 
-def _seed_postgres(url: str, contacts: int, campaigns: int, seed: int, now: dt.datetime | None) -> list[str]:
+def _seed_postgres(url: str, sizes: list[int], seed: int, now: dt.datetime | None) -> list[str]:
     with _pg_connect(url, autocommit=True) as admin:
         fresh = {t for t in _COLUMNS if admin.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is None}
         existing = 0 if "campaigns" in fresh else admin.execute("SELECT count(*) FROM campaigns").fetchone()[0]
-    camps, questions, pool, chunks = _generate(contacts, campaigns, seed, existing, now, _CHUNK)
+    camps, questions, pool, chunks = _generate(sizes, seed, existing, now, _CHUNK)
     jsonb = [b"\x01" + text.encode() for text in pool]  # version 1, then the JSON text
     jsonb_fields = pa.array([len(b).to_bytes(4, "big") + b for b in jsonb] + [_COPY_NULL.as_py()], pa.binary())
 
@@ -705,11 +730,11 @@ def _seed_postgres(url: str, contacts: int, campaigns: int, seed: int, now: dt.d
     return [c.id for c in camps]
 
 
-def _seed_sqlite(path: Path, contacts: int, campaigns: int, seed: int, now: dt.datetime | None) -> list[str]:
+def _seed_sqlite(path: Path, sizes: list[int], seed: int, now: dt.datetime | None) -> list[str]:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.executescript(";\n".join(_table_ddl(t, sqlite=True) for t in _COLUMNS) + ";")
         existing = conn.execute("SELECT count(*) FROM campaigns").fetchone()[0]
-        camps, questions, pool, chunks = _generate(contacts, campaigns, seed, existing, now, _CHUNK)
+        camps, questions, pool, chunks = _generate(sizes, seed, existing, now, _CHUNK)
 
         def insert(table: str, frame: pl.DataFrame) -> None:
             marks = ", ".join("?" * frame.width)

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
+import pytest
 import yaml
 from dagster._config import validate_config  # Dagster has no public API that validates instance config
 from dagster._core.instance.config import dagster_instance_config
@@ -50,6 +51,7 @@ def test_dagster_yaml_names_only_dagsters_own_classes():
     assert all(m.split(".")[0] in ("dagster", "dagster_postgres", "dagster_aws") for m in modules), modules
 
 
+@pytest.mark.dagster
 def test_the_ecs_example_is_a_valid_run_launcher_for_the_production_instance(monkeypatch):
     use_storage_database(monkeypatch, "postgresql://dagster:secret@db.internal:5432/dagster")
     example = yaml.safe_load((REPO / "deploy" / "ecs" / "run_launcher.yaml").read_text())

@@ -91,7 +91,8 @@ def test_leftovers_go_after_the_grace_and_keys_outside_the_layout_stay(history):
     removed = apply_retention(destination, 30)
     reasons = {r.path: r.reason for r in removed}
     assert reasons == {f"campaign_id={C1}/{names[31]}": "expired", stale.rsplit("/", 1)[0]: "incomplete",
-                       partial: "partial", "campaign_id=other/20000101T000000.000000Z-aaaaaaaa": "incomplete"}  # no manifest
+                       partial: "partial",
+                       "campaign_id=other/20000101T000000.000000Z-aaaaaaaa": "incomplete"}  # it has no manifest
     left = {o.key for o in destination.list("")}
     assert young in left and stale not in left and partial not in left
     assert set(outside[:2]) <= left and outside[2] not in left  # no latest.json protects that one

@@ -183,3 +183,37 @@ def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, 
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait()
         drop_databases([storage_db, source_db])
+
+
+# Test layers (README, "Tests"): unit = plain functions, no server and no Dagster run; dagster =
+# dg.materialize, Definitions and sensor/schedule evaluation on local folders and SQLite; integration =
+# PostgreSQL, the S3 API server, SMTP, the daemon or the browser. A test's fixtures put it in the
+# integration layer; a test that runs Dagster without them says so with @pytest.mark.dagster, and one
+# that starts a server itself with @pytest.mark.integration (a parameter's mark outranks its function's).
+# Everything else is a unit test. Each test ends with exactly one layer mark, so `-m` never runs it twice.
+LAYERS = ("unit", "dagster", "integration")
+SERVER_FIXTURES = {
+    "make_pg_database": "PostgreSQL", "s3_endpoint": "the S3 API server", "strict_s3": "the S3 API server",
+    "smtp_server": "the SMTP server", "deployment": "the daemon", "stack": "the webserver and the browser",
+}
+
+
+def layer_of(item: pytest.Item) -> str:
+    """The heaviest layer a test's marks and fixtures give it; a unit mark on a test that needs more is an error."""
+    marked = {mark.name for mark in item.iter_markers() if mark.name in LAYERS}
+    servers = sorted(SERVER_FIXTURES[name] for name in SERVER_FIXTURES.keys() & set(item.fixturenames))
+    if "unit" in marked and (servers or len(marked) > 1):
+        raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {', '.join(servers) or 'Dagster'}")
+    return "integration" if servers else max(marked | {"unit"}, key=LAYERS.index)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = layer_of(item)
+        item.own_markers = [m for m in item.own_markers if m.name not in LAYERS or m.name == layer]
+        if item.get_closest_marker(layer) is None:
+            item.add_marker(layer)
+        others = {m.name for m in item.iter_markers() if m.name in LAYERS} - {layer}
+        if others:  # set on a module or class, which every test there shares
+            raise pytest.UsageError(f"{item.nodeid} is a {layer} test but its module or class marks it "
+                                    f"{' and '.join(sorted(others))}: mark its tests one by one")

@@ -41,6 +41,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [re.split(r"\s{2,}", line) for line in lines[1:-1]]
 
 
+@pytest.mark.dagster
 def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
     result = run_cli(["demo"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -67,6 +68,7 @@ def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
                for r in runs)
 
 
+@pytest.mark.dagster
 def test_demo_prints_a_short_summary_per_campaign_and_keeps_dagster_events_in_a_log_file(tmp_path):
     result = run_cli(["demo"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -98,6 +100,7 @@ def test_demo_prints_a_short_summary_per_campaign_and_keeps_dagster_events_in_a_
     assert "RUN_SUCCESS" in log.read_text()
 
 
+@pytest.mark.dagster
 def test_campaigns_lists_the_demo_campaigns_with_their_latest_snapshot(tmp_path):
     assert run_cli(["demo"], tmp_path).returncode == 0
     exports = tmp_path / "demo" / "exports"
@@ -175,6 +178,7 @@ def _read(fd: int) -> bytes:
         return b""
 
 
+@pytest.mark.dagster
 @pytest.mark.parametrize("present, missing", [("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION"),
                                               ("EXPORTS_DESTINATION", "EXPORTS_SOURCE_URL")])
 def test_one_setting_without_the_other_is_refused_naming_it(tmp_path, present, missing):
@@ -200,6 +204,7 @@ def test_export_of_a_bad_id_fails_without_writing_or_registering(pg_url, tmp_pat
 COMMANDS = ("demo", "export", "campaigns", "link", "seed")
 
 
+@pytest.mark.dagster
 def test_help_lists_every_command_with_a_one_line_summary(tmp_path):
     result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0

@@ -29,6 +29,7 @@ def materialize(resources, instance, partition: str, config: dict | None = None,
                           raise_on_error=False)
 
 
+@pytest.mark.dagster
 def test_definitions_load_with_the_spec_names():
     assert {str(k.to_user_string()) for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {
         "campaign_results_csv", "campaign_results_parquet"}

@@ -128,6 +128,7 @@ def finished(d, run_id: str) -> dg.DagsterRun | None:
     return run if run and run.is_finished else None
 
 
+@pytest.mark.integration  # running_deployment: PostgreSQL and the daemon
 def test_a_run_worker_killed_mid_batch_leaves_nothing_reachable_and_the_retry_exports_the_rest(tmp_path):
     """A run of two campaigns: the first is published, the second has uploaded its files and manifest and
     waits to move latest.json when its worker is killed. Dagster's code server fails the run, run_retries

@@ -18,7 +18,7 @@ from exports_pipeline.defs.retention import export_retention
 from exports_pipeline_tests.awkward import C1, C2
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])  # s3: moto's server
 def destination_url(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "exports")
@@ -119,6 +119,7 @@ def test_local_empty_snapshot_folders_of_killed_runs_are_leftovers(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.is_dir() for p in kept)
 
 
+@pytest.mark.dagster
 def test_retention_job_and_its_daily_schedule(destination_url, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this machine's old staging leftovers do not count
     resource = ExportDestination(url=destination_url)

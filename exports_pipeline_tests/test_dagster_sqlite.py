@@ -9,9 +9,11 @@ import pytest
 
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
-from exports_pipeline.defs.sensors import campaign_partitions_sensor
+from exports_pipeline.defs.sensors import campaign_sensors
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY
+
+campaign_partitions_sensor, _ = campaign_sensors()
 
 pytestmark = pytest.mark.dagster
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast bench load
+.PHONY: setup demo test test-fast lint bench load
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -22,6 +22,11 @@ test: setup
 # that reaches for the database fails loudly instead of passing on a machine that happens to run one.
 test-fast: setup
 	EXPORTS_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:9/postgres $(BIN)/python -m pytest -m unit -q
+
+# ruff's rules and format (pyproject.toml, [tool.ruff]); `ruff format .` and `ruff check --fix .` repair most.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

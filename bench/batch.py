@@ -18,6 +18,7 @@ with 1-40 contacts, 9% with 100-400, 1% with 2,000-4,000), then alternates, roun
 It prints milliseconds per campaign (wall and CPU), the after-case split into read, route, transform, write,
 check and publish, and the ratios to (a). Raw results go to bench/results/batch-<UTC time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -99,8 +100,9 @@ class Clock:
 
 def case_psql(url: str, references: dict[str, str], folder: Path) -> None:
     for campaign_id, sql in references.items():
-        subprocess.run(["psql", url, "-q", "-c", f"\\copy ({sql}) to '{folder / campaign_id}.csv' csv header"],
-                       check=True)
+        subprocess.run(
+            ["psql", url, "-q", "-c", f"\\copy ({sql}) to '{folder / campaign_id}.csv' csv header"], check=True
+        )
 
 
 def case_before(url: str, campaign_ids: list[str], folder: Path) -> None:
@@ -122,7 +124,7 @@ def case_after(url: str, campaign_ids: list[str], folder: Path, phases: dict[str
 
     run_id, target, options = uuid.uuid4().hex, LocalDestination(str(folder)), ExportOptions()
     for start in range(0, len(campaign_ids), CAMPAIGNS_PER_RUN):
-        reads = campaigns_in_read_order(url, campaign_ids[start:start + CAMPAIGNS_PER_RUN], options)
+        reads = campaigns_in_read_order(url, campaign_ids[start : start + CAMPAIGNS_PER_RUN], options)
         while True:
             began = time.perf_counter()
             item = next(reads, None)
@@ -146,12 +148,19 @@ def install_phase_timers(current: dict) -> None:
                 return func(*args, **kwargs)
             finally:
                 current["phases"][name] += time.perf_counter() - began
+
         return wrapper
 
-    for name, label in (("_read", "read (own snapshot: description, counts)"), ("_route", "route (own snapshot)"),
-                        ("_route_in_memory", "route (in memory)"), ("_write", "transform and write (step 3)"),
-                        ("_batch", "  of which transform"), ("_files", "stats file, PDF"), ("_checks", "check"),
-                        ("publish_export", "publish")):
+    for name, label in (
+        ("_read", "read (own snapshot: description, counts)"),
+        ("_route", "route (own snapshot)"),
+        ("_route_in_memory", "route (in memory)"),
+        ("_write", "transform and write (step 3)"),
+        ("_batch", "  of which transform"),
+        ("_files", "stats file, PDF"),
+        ("_checks", "check"),
+        ("publish_export", "publish"),
+    ):
         setattr(export, name, timed(label, getattr(export, name)))
 
 
@@ -162,8 +171,9 @@ def dagster_case(url: str, campaign_ids: list[str], batch_size: str | None) -> d
     if batch_size:
         env["DAGSTER_EVENT_BATCH_SIZE"] = batch_size
     job = json.dumps({"url": url, "campaign_ids": campaign_ids})
-    done = subprocess.run([sys.executable, __file__, "--dagster-child"], input=job, capture_output=True, text=True,
-                          env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--dagster-child"], input=job, capture_output=True, text=True, env=env, check=False
+    )
     if done.returncode:
         raise SystemExit(f"dagster case failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -224,11 +234,17 @@ def dagster_child() -> None:
             resources = {"source": SourceDatabase(url=job["url"]), "destination": ExportDestination(url=str(out))}
             with Clock() as clock:
                 for start in range(0, len(ids), CAMPAIGNS_PER_RUN):
-                    chunk = ids[start:start + CAMPAIGNS_PER_RUN]
+                    chunk = ids[start : start + CAMPAIGNS_PER_RUN]
                     result = dg.materialize(
-                        [assets.campaign_export], selection=assets.DEFAULT_EXPORT_KEYS, instance=instance,
-                        resources=resources, tags={"dagster/asset_partition_range_start": chunk[0],
-                                                   "dagster/asset_partition_range_end": chunk[-1]})
+                        [assets.campaign_export],
+                        selection=assets.DEFAULT_EXPORT_KEYS,
+                        instance=instance,
+                        resources=resources,
+                        tags={
+                            "dagster/asset_partition_range_start": chunk[0],
+                            "dagster/asset_partition_range_end": chunk[-1],
+                        },
+                    )
                     assert result.success
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -253,8 +269,11 @@ def measure(args: argparse.Namespace, url: str, ids: list[str]) -> dict:
     current = {"phases": defaultdict(float)}
     install_phase_timers(current)
     for number in range(1, args.rounds + 1):
-        for case, run in (("a", lambda f: case_psql(url, sql, f)), ("b", lambda f: case_before(url, ids, f)),
-                          ("c", lambda f: case_after(url, ids, f, phases["c"]))):
+        for case, run in (
+            ("a", lambda f: case_psql(url, sql, f)),
+            ("b", lambda f: case_before(url, ids, f)),
+            ("c", lambda f: case_after(url, ids, f, phases["c"])),
+        ):
             current["phases"] = phases.get(case, defaultdict(float))
             folder = Path(tempfile.mkdtemp(prefix=f"exports-batch-{case}-"))
             try:
@@ -267,21 +286,28 @@ def measure(args: argparse.Namespace, url: str, ids: list[str]) -> dict:
         if number <= args.dagster_rounds:
             for case, size in (("d", None), ("e", EVENT_BATCH_SIZE)):
                 rounds[case].append(dagster_case(url, ids, size))
-                print(f"  round {number} ({case}) {rounds[case][-1]['wall']:8.2f} s  CPU {rounds[case][-1]['cpu']:7.2f} s",
-                      flush=True)
-    return {"rounds": dict(rounds),
-            "phases": {case: {k: v / args.rounds for k, v in steps.items()} for case, steps in phases.items()}}
+                last = rounds[case][-1]
+                print(f"  round {number} ({case}) {last['wall']:8.2f} s  CPU {last['cpu']:7.2f} s", flush=True)
+    return {
+        "rounds": dict(rounds),
+        "phases": {case: {k: v / args.rounds for k, v in steps.items()} for case, steps in phases.items()},
+    }
 
 
-CASES = {"a": "psql \\copy per campaign (one process each)", "b": "export core, before: own snapshot each",
-         "c": "export core, after: small campaigns read together",
-         "d": "Dagster range runs (in process), events unbatched",
-         "e": f"Dagster range runs (in process), DAGSTER_EVENT_BATCH_SIZE={EVENT_BATCH_SIZE}"}
+CASES = {
+    "a": "psql \\copy per campaign (one process each)",
+    "b": "export core, before: own snapshot each",
+    "c": "export core, after: small campaigns read together",
+    "d": "Dagster range runs (in process), events unbatched",
+    "e": f"Dagster range runs (in process), DAGSTER_EVENT_BATCH_SIZE={EVENT_BATCH_SIZE}",
+}
 
 
 def report(result: dict, campaigns: int) -> None:
-    per = {case: {k: statistics.median([r[k] for r in runs]) * 1000 / campaigns for k in runs[0]}
-           for case, runs in result["rounds"].items()}
+    per = {
+        case: {k: statistics.median([r[k] for r in runs]) * 1000 / campaigns for k in runs[0]}
+        for case, runs in result["rounds"].items()
+    }
     a = per["a"]["wall"]
     print(f"\nper campaign, medians of the rounds, {campaigns} campaigns:")
     print("| case | wall ms | CPU ms | wall / (a) |\n|---|---:|---:|---:|")
@@ -289,12 +315,15 @@ def report(result: dict, campaigns: int) -> None:
         print(f"| ({case}) {CASES[case]} | {figures['wall']:.1f} | {figures['cpu']:.1f} | {figures['wall'] / a:.2f} |")
     for case in ("d", "e"):
         if case in per:
-            print(f"({case}) of which the export core {per[case]['core']:.1f} ms, Dagster (events, run) "
-                  f"{per[case]['wall'] - per[case]['core']:.1f} ms")
+            print(
+                f"({case}) of which the export core {per[case]['core']:.1f} ms, Dagster (events, run) "
+                f"{per[case]['wall'] - per[case]['core']:.1f} ms"
+            )
     print("\nper campaign, time inside each step (ms; the writers run in threads), (b) before and (c) after:")
     steps = result["phases"]
     for name in sorted(set(steps["b"]) | set(steps["c"])):
-        print(f"  {name:42s} {steps['b'].get(name, 0) * 1000 / campaigns:7.2f} {steps['c'].get(name, 0) * 1000 / campaigns:7.2f}")
+        b_ms, c_ms = (steps[case].get(name, 0) * 1000 / campaigns for case in ("b", "c"))
+        print(f"  {name:42s} {b_ms:7.2f} {c_ms:7.2f}")
 
 
 def main() -> int:
@@ -306,17 +335,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
-    parser.add_argument("--dagster-rounds", type=int, default=1, help="rounds that run cases (d) and (e) too "
-                        "(each takes seconds per campaign); 0 leaves them out")
+    parser.add_argument(
+        "--dagster-rounds",
+        type=int,
+        default=1,
+        help="rounds that run cases (d) and (e) too (each takes seconds per campaign); 0 leaves them out",
+    )
     args = parser.parse_args()
     url, ids = source_database(args.campaigns, args.seed)
-    print(f"{len(ids)} campaigns in {url.rsplit('/', 1)[-1]}; rounds of (a) (b) (c)"
-          + (f", (d) (e) in {args.dagster_rounds}" if args.dagster_rounds else ""), flush=True)
+    print(
+        f"{len(ids)} campaigns in {url.rsplit('/', 1)[-1]}; rounds of (a) (b) (c)"
+        + (f", (d) (e) in {args.dagster_rounds}" if args.dagster_rounds else ""),
+        flush=True,
+    )
     result = measure(args, url, ids)
     report(result, len(ids))
     results = BENCH_DIR / "results"
     results.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (results / f"batch-{stamp}.json").write_text(json.dumps({"campaigns": len(ids), **result}, indent=2))
     return 0
 

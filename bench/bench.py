@@ -30,6 +30,7 @@ cProfile, and (c) under cProfile at the small size (the command's fixed costs). 
 EXPLAIN (ANALYZE, BUFFERS) of the export's source queries at the largest size; the SQL is captured
 from exports_pipeline.core.source itself, so it follows the core's changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ import threading
 import time
 import types
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,8 +65,11 @@ DEFAULT_SIZES = (100_000, 1_000_000)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 CASES = ("a", "b", "c")
-CASE_NAMES = {"a": "psql \\copy (reference query)", "b": "export core (stage + publish)",
-              "c": "exports-pipeline export (CLI, Dagster)"}
+CASE_NAMES = {
+    "a": "psql \\copy (reference query)",
+    "b": "export core (stage + publish)",
+    "c": "exports-pipeline export (CLI, Dagster)",
+}
 
 # Targets of issue 5.
 TARGET_SIZE_FOR_RATIO = 1_000_000
@@ -77,6 +81,7 @@ TARGET_SMALL_SECONDS = 3.0
 
 # --------------------------------------------------------------------------------------- measuring
 
+
 def proc_stats():
     """(pid, stat fields) of every process visible in /proc; field n of proc(5) is fields[n - 3]."""
     for entry in os.scandir("/proc"):
@@ -87,7 +92,7 @@ def proc_stats():
                 stat = handle.read()
         except OSError:
             continue  # gone meanwhile
-        yield int(entry.name), stat[stat.rfind(b")") + 2:].split()  # comm may hold spaces and parentheses
+        yield int(entry.name), stat[stat.rfind(b")") + 2 :].split()  # comm may hold spaces and parentheses
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
@@ -127,8 +132,9 @@ class Run:
     phases: dict | None = None
 
 
-def run_measured(cmd: list[str], *, env: dict | None, cwd: Path, log_prefix: Path,
-                 poll: float) -> tuple[float, int, int, int, int, float]:
+def run_measured(
+    cmd: list[str], *, env: dict | None, cwd: Path, log_prefix: Path, poll: float
+) -> tuple[float, int, int, int, int, float]:
     """Run cmd to completion: (wall s, peak tree RSS, max single RSS, exit code, samples, tree CPU s)."""
     with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
         start = time.perf_counter()
@@ -162,6 +168,7 @@ def cli_environment(source_url: str, destination: Path) -> dict:
 
 # ------------------------------------------------------------------------------------ the databases
 
+
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + database))
@@ -189,15 +196,19 @@ def _describe_database(url: str) -> tuple[int, list[str]] | None:
     The seed builds the indexes and analyses the tables last, so an interrupted seed shows as missing
     indexes or statistics and is not reused."""
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('contacts') IS NULL OR to_regclass('campaigns') IS NULL "
-                        "OR to_regclass('call_attempts') IS NULL OR to_regclass('survey_responses') IS NULL"
-                        ).fetchone()[0]:
+        if conn.execute(
+            "SELECT to_regclass('contacts') IS NULL OR to_regclass('campaigns') IS NULL "
+            "OR to_regclass('call_attempts') IS NULL OR to_regclass('survey_responses') IS NULL"
+        ).fetchone()[0]:
             return None
-        indexes = conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND "
-                               "tablename IN ('contacts', 'call_attempts', 'survey_responses')").fetchone()[0]
-        analysed = conn.execute("SELECT coalesce(bool_and(last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL), "
-                                "false) FROM pg_stat_user_tables WHERE relname IN ('contacts', 'call_attempts')"
-                                ).fetchone()[0]
+        indexes = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND "
+            "tablename IN ('contacts', 'call_attempts', 'survey_responses')"
+        ).fetchone()[0]
+        analysed = conn.execute(
+            "SELECT coalesce(bool_and(last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL), "
+            "false) FROM pg_stat_user_tables WHERE relname IN ('contacts', 'call_attempts')"
+        ).fetchone()[0]
         if indexes < PRODUCTION_INDEXES or not analysed:
             return None
         contacts = conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
@@ -225,8 +236,11 @@ def ensure_database(server_url: str, size: int, prefix: str, reseed: bool, cli: 
     if not usable:
         print(f"  {name}: seeding {size:,} contacts ...", flush=True)
         start = time.perf_counter()
-        subprocess.run([str(cli), "seed", "--url", url, "--contacts", str(size), "--campaigns", "1", "--seed", "0"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(cli), "seed", "--url", url, "--contacts", str(size), "--campaigns", "1", "--seed", "0"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         seed_seconds = time.perf_counter() - start
         print(f"  {name}: seeded in {seed_seconds:.1f} s")
     found = _describe_database(url)
@@ -234,8 +248,9 @@ def ensure_database(server_url: str, size: int, prefix: str, reseed: bool, cli: 
         raise SystemExit(f"{name}: after seeding, expected one campaign of {size:,} contacts, found {found}")
     campaign_id = found[1][0]
     with psycopg.connect(url, autocommit=True) as conn:
-        questions = conn.execute("SELECT coalesce(max(position), 0) FROM survey_questions WHERE campaign_id = %s",
-                                 (campaign_id,)).fetchone()[0]
+        questions = conn.execute(
+            "SELECT coalesce(max(position), 0) FROM survey_questions WHERE campaign_id = %s", (campaign_id,)
+        ).fetchone()[0]
         attempts = conn.execute("SELECT count(*) FROM call_attempts").fetchone()[0]
         answers = conn.execute("SELECT count(*) FROM survey_responses").fetchone()[0]
     return BenchDatabase(size, name, url, campaign_id, int(questions), attempts, answers, not usable, seed_seconds)
@@ -252,11 +267,13 @@ def load_reference(path: Path):
 
 # ----------------------------------------------------------------------------------------- the cases
 
+
 class Cases:
     """Builds and runs the three measured processes for one database."""
 
-    def __init__(self, args: argparse.Namespace, db: BenchDatabase, reference_sql: str, work: Path,
-                 cli_folder: Path, cli: Path):
+    def __init__(
+        self, args: argparse.Namespace, db: BenchDatabase, reference_sql: str, work: Path, cli_folder: Path, cli: Path
+    ):
         self.args, self.db, self.work, self.cli_folder, self.cli = args, db, work, cli_folder, cli
         self.reference_sql = " ".join(reference_sql.split())  # \copy takes the rest of one line
         self.psql = shutil.which("psql") or "psql"
@@ -268,13 +285,27 @@ class Cases:
             load = Path("/proc/loadavg").read_text().split(" ")[:3]
             # (c) runs where its embedded instance (./.dagster_home) persists between runs, as a user's does.
             wall, peak, single, code, samples, cpu = run_measured(
-                cmd, env=env, cwd=self.cli_folder if case == "c" else folder, log_prefix=folder / "log",
-                poll=self.args.poll)
+                cmd,
+                env=env,
+                cwd=self.cli_folder if case == "c" else folder,
+                log_prefix=folder / "log",
+                poll=self.args.poll,
+            )
             if code != 0:
                 err = (folder / "log.err").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"case ({case}) at {self.db.size:,} failed with exit code {code}:\n{err}")
-            run = Run(self.db.size, case, iteration, round(wall, 4), round(peak / MIB, 1), round(single / MIB, 1),
-                      round(cpu, 3), code, samples, " ".join(load))
+            run = Run(
+                self.db.size,
+                case,
+                iteration,
+                round(wall, 4),
+                round(peak / MIB, 1),
+                round(single / MIB, 1),
+                round(cpu, 3),
+                code,
+                samples,
+                " ".join(load),
+            )
             self._inspect_output(run, folder, timings)
             if run.rows != self.db.size:
                 raise SystemExit(f"case ({case}) at {self.db.size:,} wrote {run.rows} rows: not a valid measurement")
@@ -286,14 +317,43 @@ class Cases:
         batch = ["--batch-size", str(self.args.batch_size)] if self.args.batch_size else []
         if case == "a":
             target = folder / "reference.csv"
-            return [self.psql, self.db.url, "-X", "-v", "ON_ERROR_STOP=1", "-c",
-                    f"\\copy ({self.reference_sql}) to '{target}' csv header"], None, None
+            return (
+                [
+                    self.psql,
+                    self.db.url,
+                    "-X",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    f"\\copy ({self.reference_sql}) to '{target}' csv header",
+                ],
+                None,
+                None,
+            )
         if case == "b":
             timings = folder / "timings.json"
-            return [sys.executable, str(CORE_SCRIPT), "--source-url", self.db.url, "--campaign", self.db.campaign_id,
-                    "--dest", str(folder / "dest"), "--timings", str(timings), *batch], None, timings
-        return [str(self.cli), "export", self.db.campaign_id, "--format", "csv", "--format", "parquet", *batch], \
-            cli_environment(self.db.url, folder / "dest"), None
+            return (
+                [
+                    sys.executable,
+                    str(CORE_SCRIPT),
+                    "--source-url",
+                    self.db.url,
+                    "--campaign",
+                    self.db.campaign_id,
+                    "--dest",
+                    str(folder / "dest"),
+                    "--timings",
+                    str(timings),
+                    *batch,
+                ],
+                None,
+                timings,
+            )
+        return (
+            [str(self.cli), "export", self.db.campaign_id, "--format", "csv", "--format", "parquet", *batch],
+            cli_environment(self.db.url, folder / "dest"),
+            None,
+        )
 
     @staticmethod
     def _inspect_output(run: Run, folder: Path, timings: Path | None) -> None:
@@ -314,24 +374,32 @@ class Cases:
 
 # ------------------------------------------------------------------------------------------ reports
 
+
 def summarize(runs: list[Run], dbs: dict[int, BenchDatabase]) -> dict[int, dict]:
     summary: dict[int, dict] = {}
     for size in sorted({r.size for r in runs}):
-        entry: dict = {"contacts": size, "attempts": dbs[size].attempts, "answers": dbs[size].answers,
-                       "load_1min_median": statistics.median(
-                           float(r.loadavg_before.split()[0]) for r in runs if r.size == size)}
+        entry: dict = {
+            "contacts": size,
+            "attempts": dbs[size].attempts,
+            "answers": dbs[size].answers,
+            "load_1min_median": statistics.median(float(r.loadavg_before.split()[0]) for r in runs if r.size == size),
+        }
         for case in CASES:
             measured = [r for r in runs if r.size == size and r.case == case and r.iteration > 0]
             if not measured:
                 continue
             walls = [r.wall_s for r in measured]
             entry[case] = {
-                "n": len(walls), "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+                "n": len(walls),
+                "median_s": statistics.median(walls),
+                "min_s": min(walls),
+                "max_s": max(walls),
                 "peak_rss_mib_max": max(r.peak_tree_rss_mib for r in measured),
                 "peak_rss_mib_median": statistics.median(r.peak_tree_rss_mib for r in measured),
                 "median_cpu_s": statistics.median(r.cpu_s for r in measured),
                 "us_per_contact": statistics.median(walls) / size * 1e6 if size else None,
-                "rows": measured[-1].rows, "output_bytes": measured[-1].output_bytes,
+                "rows": measured[-1].rows,
+                "output_bytes": measured[-1].output_bytes,
             }
         if "a" in entry:
             for case in ("b", "c"):
@@ -342,25 +410,32 @@ def summarize(runs: list[Run], dbs: dict[int, BenchDatabase]) -> dict[int, dict]
             names = sorted({k for p in phases for k in p["phases"]})
             entry["b_phases_median_s"] = {
                 **{k: statistics.median(p[k] for p in phases) for k in ("imports_s", "stage_s", "publish_s")},
-                **{k: statistics.median(p["phases"].get(k, {}).get("seconds", 0.0) for p in phases) for k in names}}
+                **{k: statistics.median(p["phases"].get(k, {}).get("seconds", 0.0) for p in phases) for k in names},
+            }
         summary[size] = entry
     return summary
 
 
 def print_size_table(entry: dict) -> None:
     size = entry["contacts"]
-    print(f"\n{size:,} contacts ({entry['attempts']:,} attempts, {entry['answers']:,} answers; "
-          f"median 1-min load average before a run {entry['load_1min_median']:.1f} on {os.cpu_count()} CPUs)")
-    print(f"  {'case':<42} {'median s':>9} {'min s':>8} {'max s':>8} {'CPU s':>7} {'peak RSS MiB':>13}"
-          f" {'us/contact':>11} {'rows':>9} {'vs (a)':>7}")
+    print(
+        f"\n{size:,} contacts ({entry['attempts']:,} attempts, {entry['answers']:,} answers; "
+        f"median 1-min load average before a run {entry['load_1min_median']:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  {'case':<42} {'median s':>9} {'min s':>8} {'max s':>8} {'CPU s':>7} {'peak RSS MiB':>13}"
+        f" {'us/contact':>11} {'rows':>9} {'vs (a)':>7}"
+    )
     for case in CASES:
         if case not in entry:
             continue
         e = entry[case]
         ratio = f"{entry[f'{case}/a']:.2f}" if f"{case}/a" in entry else "1.00"
-        print(f"  ({case}) {CASE_NAMES[case]:<38} {e['median_s']:>9.2f} {e['min_s']:>8.2f} {e['max_s']:>8.2f}"
-              f" {e['median_cpu_s']:>7.2f} {e['peak_rss_mib_max']:>13.0f} {e['us_per_contact']:>11.2f}"
-              f" {e['rows'] or 0:>9,} {ratio:>7}")
+        print(
+            f"  ({case}) {CASE_NAMES[case]:<38} {e['median_s']:>9.2f} {e['min_s']:>8.2f} {e['max_s']:>8.2f}"
+            f" {e['median_cpu_s']:>7.2f} {e['peak_rss_mib_max']:>13.0f} {e['us_per_contact']:>11.2f}"
+            f" {e['rows'] or 0:>9,} {ratio:>7}"
+        )
     if "b_phases_median_s" in entry:
         print("  (b) time inside each phase (median over the runs, seconds):")
         for name, seconds in sorted(entry["b_phases_median_s"].items(), key=lambda kv: -kv[1]):
@@ -368,20 +443,25 @@ def print_size_table(entry: dict) -> None:
 
 
 def markdown_table(summary: dict[int, dict]) -> str:
-    lines = ["| contacts | (a) psql \\copy | (b) core | (c) CLI | b/a | c/a | peak RSS a / b / c (MiB) "
-             "| (b) µs/contact | (c) µs/contact |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| contacts | (a) psql \\copy | (b) core | (c) CLI | b/a | c/a | peak RSS a / b / c (MiB) "
+        "| (b) µs/contact | (c) µs/contact |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for size, e in summary.items():
-        def cell(case: str) -> str:
+
+        def cell(case: str, e: dict = e) -> str:
             return f"{e[case]['median_s']:.2f} s" if case in e else "–"
 
-        def ratio(case: str) -> str:
+        def ratio(case: str, e: dict = e) -> str:
             return f"{e[f'{case}/a']:.2f}" if f"{case}/a" in e else "–"
 
         rss = " / ".join(f"{e[c]['peak_rss_mib_max']:.0f}" if c in e else "–" for c in CASES)
         per = [f"{e[c]['us_per_contact']:.1f}" if c in e else "–" for c in ("b", "c")]
-        lines.append(f"| {size:,} | {cell('a')} | {cell('b')} | {cell('c')} | {ratio('b')} | {ratio('c')} "
-                     f"| {rss} | {per[0]} | {per[1]} |")
+        lines.append(
+            f"| {size:,} | {cell('a')} | {cell('b')} | {cell('c')} | {ratio('b')} | {ratio('c')} "
+            f"| {rss} | {per[0]} | {per[1]} |"
+        )
     return "\n".join(lines)
 
 
@@ -390,45 +470,74 @@ def target_verdicts(summary: dict[int, dict], small: int) -> list[str]:
     big = summary.get(TARGET_SIZE_FOR_RATIO)
     if big and "c/a" in big:
         ok = big["c/a"] < TARGET_RATIO
-        out.append(f"{'PASS' if ok else 'FAIL'}  c/a at {TARGET_SIZE_FOR_RATIO:,} = {big['c/a']:.2f} "
-                   f"(target < {TARGET_RATIO})")
+        out.append(
+            f"{'PASS' if ok else 'FAIL'}  c/a at {TARGET_SIZE_FOR_RATIO:,} = {big['c/a']:.2f} (target < {TARGET_RATIO})"
+        )
     for size, e in summary.items():
         if size >= TARGET_SIZE_FOR_RATIO:
             for case in ("b", "c"):
                 if case in e:
                     rss = e[case]["peak_rss_mib_max"]
-                    out.append(f"{'PASS' if rss < TARGET_RSS_MIB else 'FAIL'}  peak RSS ({case}) at {size:,} = "
-                               f"{rss:.0f} MiB (target < {TARGET_RSS_MIB} MiB)")
+                    out.append(
+                        f"{'PASS' if rss < TARGET_RSS_MIB else 'FAIL'}  peak RSS ({case}) at {size:,} = "
+                        f"{rss:.0f} MiB (target < {TARGET_RSS_MIB} MiB)"
+                    )
     large = [s for s in summary if s >= 100_000 and "c" in summary[s]]
     # The command's fixed cost (the small campaign's time) weighs on 100k far more than on 10M, so the
     # spread is also shown without it, and for (b).
-    fixed = {case: summary[small][case]["median_s"] if small in summary and case in summary[small] else 0.0
-             for case in ("b", "c")}
+    fixed = {
+        case: summary[small][case]["median_s"] if small in summary and case in summary[small] else 0.0
+        for case in ("b", "c")
+    }
     if len(large) >= 2:
         low = min(large)
         for case, minus_fixed in (("c", False), ("c", True), ("b", True)):
-            def per(size: int) -> float:
+
+            def per(size: int, case: str = case, minus_fixed: bool = minus_fixed) -> float:
                 return (summary[size][case]["median_s"] - (fixed[case] if minus_fixed else 0.0)) / size * 1e6
 
             label = f"({case}) time{' minus the small campaign time' if minus_fixed and fixed[case] else ''}"
             for size in sorted(large)[1:]:
                 spread = per(size) / per(low) - 1
-                out.append(f"{'PASS' if abs(spread) <= TARGET_PER_CONTACT_SPREAD else 'FAIL'}  {label}, per "
-                           f"contact, at {size:,} vs {low:,}: {per(size):.1f} vs {per(low):.1f} µs ({spread:+.0%}; "
-                           f"target within {TARGET_PER_CONTACT_SPREAD:.0%}; the 10M leg needs --contacts 10000000)")
+                out.append(
+                    f"{'PASS' if abs(spread) <= TARGET_PER_CONTACT_SPREAD else 'FAIL'}  {label}, per "
+                    f"contact, at {size:,} vs {low:,}: {per(size):.1f} vs {per(low):.1f} µs ({spread:+.0%}; "
+                    f"target within {TARGET_PER_CONTACT_SPREAD:.0%}; the 10M leg needs --contacts 10000000)"
+                )
     if small in summary and "c" in summary[small]:
         t = summary[small]["c"]["median_s"]
-        out.append(f"{'PASS' if t < TARGET_SMALL_SECONDS else 'FAIL'}  (c) {small:,}-contact campaign, whole "
-                   f"process = {t:.2f} s (target < {TARGET_SMALL_SECONDS} s)")
+        out.append(
+            f"{'PASS' if t < TARGET_SMALL_SECONDS else 'FAIL'}  (c) {small:,}-contact campaign, whole "
+            f"process = {t:.2f} s (target < {TARGET_SMALL_SECONDS} s)"
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------- --profile
 
-KEY_FUNCTIONS = ("stage_export", "publish_export", "contact_batches", "attempts_for", "answers_for",
-                 "build_batch", "write", "close", "_blocking_checks", "describe", "upload_snapshot",
-                 "count_contacts", "fingerprint", "misfiled_rows", "read_sql", "write_csv", "write_table",
-                 "from_arrow", "csv_frame", "parquet_table", "latest_attempts")
+KEY_FUNCTIONS = (
+    "stage_export",
+    "publish_export",
+    "contact_batches",
+    "attempts_for",
+    "answers_for",
+    "build_batch",
+    "write",
+    "close",
+    "_blocking_checks",
+    "describe",
+    "upload_snapshot",
+    "count_contacts",
+    "fingerprint",
+    "misfiled_rows",
+    "read_sql",
+    "write_csv",
+    "write_table",
+    "from_arrow",
+    "csv_frame",
+    "parquet_table",
+    "latest_attempts",
+)
 
 
 def profile_core(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dict:
@@ -451,13 +560,28 @@ def profile_core(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dic
     folder = Path(tempfile.mkdtemp(prefix="profile-", dir=work))
     prof = folder / "core.prof"
     batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), str(CORE_SCRIPT), "--source-url", db.url,
-           "--campaign", db.campaign_id, "--dest", str(folder / "dest"), *batch]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cProfile",
+        "-o",
+        str(prof),
+        str(CORE_SCRIPT),
+        "--source-url",
+        db.url,
+        "--campaign",
+        db.campaign_id,
+        "--dest",
+        str(folder / "dest"),
+        *batch,
+    ]
     wall, peak, _, code, _, _ = run_measured(cmd, env=None, cwd=folder, log_prefix=folder / "log", poll=args.poll)
     if code != 0:
         raise SystemExit((folder / "log.err").read_text()[-3000:])
-    print(f"\ncProfile (main thread only; Rust/C work shows as the calling builtin): wall {wall:.2f} s, "
-          f"peak RSS {peak / MIB:.0f} MiB")
+    print(
+        f"\ncProfile (main thread only; Rust/C work shows as the calling builtin): wall {wall:.2f} s, "
+        f"peak RSS {peak / MIB:.0f} MiB"
+    )
     stats = pstats.Stats(str(prof))
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
@@ -468,11 +592,19 @@ def profile_core(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dic
     key = {}
     for (filename, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
         if func in KEY_FUNCTIONS and ("exports_pipeline" in filename or filename == "~"):
-            key[f"{Path(filename).name}:{line}:{func}"] = {"calls": ncalls, "tottime": round(tottime, 3),
-                                                          "cumtime": round(cumtime, 3)}
+            key[f"{Path(filename).name}:{line}:{func}"] = {
+                "calls": ncalls,
+                "tottime": round(tottime, 3),
+                "cumtime": round(cumtime, 3),
+            }
     shutil.rmtree(folder, ignore_errors=True)
-    return {"phase_timers": asdict(timed), "cprofile_wall_s": wall, "cprofile_peak_rss_mib": peak / MIB,
-            "key_functions": key, "profile_file": str(kept)}
+    return {
+        "phase_timers": asdict(timed),
+        "cprofile_wall_s": wall,
+        "cprofile_peak_rss_mib": peak / MIB,
+        "key_functions": key,
+        "profile_file": str(kept),
+    }
 
 
 def profile_cli(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dict:
@@ -487,9 +619,15 @@ def profile_cli(args: argparse.Namespace, db: BenchDatabase, work: Path) -> dict
     warm = run_measured(base, env=env, cwd=folder, log_prefix=folder / "warm", poll=args.poll)
     # Through main(), not `-m exports_pipeline.cli`: the command's entry point ends with os._exit, which
     # would leave cProfile no chance to write its file.
-    cmd = [sys.executable, "-c", "import cProfile, sys; from exports_pipeline.cli import main; "
-           "cProfile.run('main(sys.argv[1:])', sys.argv.pop(1))", str(prof), *base[3:]]
-    wall, peak, _, code, _, _ = run_measured(cmd, env=env, cwd=folder, log_prefix=folder / "log", poll=args.poll)
+    cmd = [
+        sys.executable,
+        "-c",
+        "import cProfile, sys; from exports_pipeline.cli import main; "
+        "cProfile.run('main(sys.argv[1:])', sys.argv.pop(1))",
+        str(prof),
+        *base[3:],
+    ]
+    wall, _peak, _, code, _, _ = run_measured(cmd, env=env, cwd=folder, log_prefix=folder / "log", poll=args.poll)
     if code != 0 or warm[3] != 0:
         raise SystemExit((folder / "log.err").read_text()[-3000:])
     print(f"unprofiled {warm[0]:.2f} s (first run, creates the instance); profiled {wall:.2f} s")
@@ -527,6 +665,7 @@ def command_phases(stats: pstats.Stats) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------- --explain
 
+
 class _Captured(BaseException):
     """Raised by the stubs below to carry a query out (BaseException: the core catches Exception)."""
 
@@ -541,14 +680,23 @@ NOT_SUMMED_METHODS = {"fingerprint"}  # shown, but an export tallies its fingerp
 
 def _source_methods(source) -> list[tuple[str, object]]:
     """The public methods of the source object's class, in definition order (its export queries)."""
-    return [(name, getattr(source, name)) for name, member in vars(type(source)).items()
-            if inspect.isfunction(member) and not name.startswith("_") and name not in SKIPPED_METHODS]
+    return [
+        (name, getattr(source, name))
+        for name, member in vars(type(source)).items()
+        if inspect.isfunction(member) and not name.startswith("_") and name not in SKIPPED_METHODS
+    ]
 
 
 def _arguments(method, db: BenchDatabase, options, contact_ids: list[str] | None) -> dict | None:
     """Arguments for a source method, chosen by parameter name; None when one cannot be guessed."""
-    values = {"campaign_id": db.campaign_id, "options": options, "batch_size": options.batch_size,
-              "fraction": 0.01, "contact_ids": contact_ids, "ids": contact_ids}
+    values = {
+        "campaign_id": db.campaign_id,
+        "options": options,
+        "batch_size": options.batch_size,
+        "fraction": 0.01,
+        "contact_ids": contact_ids,
+        "ids": contact_ids,
+    }
     kwargs = {}
     for name, parameter in inspect.signature(method).parameters.items():
         if name in values and values[name] is not None:
@@ -585,8 +733,11 @@ def capture_source_queries(db: BenchDatabase) -> tuple[dict[str, dict], int]:
 
         def stub(conn, query, *rest, pre_execution_query=None, **kw):
             # The session settings the export's reads run with (not its snapshot import).
-            settings = [q for q in pre_execution_query or [] if q.upper().startswith("SET ")
-                        and not q.upper().startswith("SET TRANSACTION")]
+            settings = [
+                q
+                for q in pre_execution_query or []
+                if q.upper().startswith("SET ") and not q.upper().startswith("SET TRANSACTION")
+            ]
             raise _Captured(query if isinstance(query, str) else ";\n".join(query), settings)
 
         def rows_stub(sql, *rest, **kw):
@@ -608,8 +759,12 @@ def capture_source_queries(db: BenchDatabase) -> tuple[dict[str, dict], int]:
                 except _Captured as captured:
                     takes_ids = "contact_ids" in kwargs or "ids" in kwargs
                     label = f"{name} (first batch, {len(contact_ids):,} ids)" if takes_ids else name
-                    queries[label] = {"method": name, "sql": captured.sql, "per_batch": takes_ids,
-                                      "settings": captured.settings}
+                    queries[label] = {
+                        "method": name,
+                        "sql": captured.sql,
+                        "per_batch": takes_ids,
+                        "settings": captured.settings,
+                    }
                 else:
                     print(f"  ({name}: sent no query through connectorx or PostgresSource._rows)")
         finally:
@@ -657,10 +812,17 @@ def explain(args: argparse.Namespace, db: BenchDatabase, reference_sql: str) -> 
             plan = [r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")]
             wall = time.perf_counter() - start
             print("\n".join(line if len(line) < 400 else line[:400] + " ..." for line in plan))
-            execution = next((float(line.split(":")[1].split()[0]) / 1000 for line in plan
-                              if line.startswith("Execution Time")), None)
-            results[name] = {**query, "sql_chars": len(sql), "execution_s": execution, "explain_wall_s": wall,
-                             "plan": plan}
+            execution = next(
+                (float(line.split(":")[1].split()[0]) / 1000 for line in plan if line.startswith("Execution Time")),
+                None,
+            )
+            results[name] = {
+                **query,
+                "sql_chars": len(sql),
+                "execution_s": execution,
+                "explain_wall_s": wall,
+                "plan": plan,
+            }
     core_reads = time_core_reads(db, queries)
     print(f"\nsummary at {db.size:,} contacts (batch size {batch_size:,}: {batches} batches):")
     total = 0.0
@@ -679,42 +841,76 @@ def explain(args: argparse.Namespace, db: BenchDatabase, reference_sql: str) -> 
 
 # ------------------------------------------------------------------------------------------- main
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark the campaign export against psql \\copy of the reference query (issue 5).",
         epilog="Examples: make bench; make bench BENCH_ARGS='--contacts 10000000'; "
-               "python bench/bench.py --sizes 1000000 --profile --explain",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--server-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/"),
-                        help="PostgreSQL server; the database name is replaced per size (env BENCH_PG_URL)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
-                        help="contact counts to benchmark (one database and one campaign each)")
-    parser.add_argument("--contacts", type=int, action="append", default=[],
-                        help="add a size to --sizes, e.g. --contacts 10000000 (opt-in 10M)")
-    parser.add_argument("--small", type=int, default=100,
-                        help="the small campaign for the fixed-cost target (whole process < 3 s); 0 skips it")
+        "python bench/bench.py --sizes 1000000 --profile --explain",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--server-url",
+        default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/"),
+        help="PostgreSQL server; the database name is replaced per size (env BENCH_PG_URL)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SIZES),
+        help="contact counts to benchmark (one database and one campaign each)",
+    )
+    parser.add_argument(
+        "--contacts",
+        type=int,
+        action="append",
+        default=[],
+        help="add a size to --sizes, e.g. --contacts 10000000 (opt-in 10M)",
+    )
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=100,
+        help="the small campaign for the fixed-cost target (whole process < 3 s); 0 skips it",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="measured runs of each case per size, after a warm-up")
     parser.add_argument("--reseed", action="store_true", help="drop and seed the bench databases again")
     parser.add_argument("--db-prefix", default="exports_bench_", help="bench database name prefix")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="reference_query.py to use")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="pass --batch-size N to (b) and (c); unset: the core's default")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where the runs write their files; unset: a temp folder, removed at the end")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="pass --batch-size N to (b) and (c); unset: the core's default"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the runs write their files; unset: a temp folder, removed at the end",
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help="raw JSON results go here")
     parser.add_argument("--poll", type=float, default=0.05, help="RSS sampling interval in seconds")
     parser.add_argument("--profile", action="store_true", help="profile (b) once at the largest size")
-    parser.add_argument("--explain", action="store_true",
-                        help="EXPLAIN (ANALYZE, BUFFERS) the export's source queries at the largest size")
-    parser.add_argument("--timing", action="store_true",
-                        help="also run the timed comparison when --profile or --explain is given")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="EXPLAIN (ANALYZE, BUFFERS) the export's source queries at the largest size",
+    )
+    parser.add_argument(
+        "--timing", action="store_true", help="also run the timed comparison when --profile or --explain is given"
+    )
     parser.add_argument("--top", type=int, default=30, help="functions shown by --profile")
-    parser.add_argument("--code", default="worktree",
-                        help="which exports_pipeline to measure: 'worktree' (the files as they are now) or a git "
-                             "revision (e.g. HEAD), extracted with git archive and put first on PYTHONPATH, so that "
-                             "edits made to the tree during a long run do not change what is measured")
-    parser.add_argument("--cli", default=str(Path(sys.executable).with_name("exports-pipeline")),
-                        help="the exports-pipeline command of the environment under test")
+    parser.add_argument(
+        "--code",
+        default="worktree",
+        help="which exports_pipeline to measure: 'worktree' (the files as they are now) or a git "
+        "revision (e.g. HEAD), extracted with git archive and put first on PYTHONPATH, so that "
+        "edits made to the tree during a long run do not change what is measured",
+    )
+    parser.add_argument(
+        "--cli",
+        default=str(Path(sys.executable).with_name("exports-pipeline")),
+        help="the exports-pipeline command of the environment under test",
+    )
     args = parser.parse_args(argv)
     args.sizes = sorted(set(args.sizes) | set(args.contacts))
     if args.repeat < 1:
@@ -724,10 +920,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def git_revision() -> str | None:
     with contextlib.suppress(Exception):
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "exports_pipeline"],
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "exports_pipeline"], capture_output=True, text=True
+        ).stdout.strip()
         return rev + ("+dirty(exports_pipeline)" if dirty else "")
     return None
 
@@ -750,20 +948,30 @@ def use_code(revision: str, work: Path) -> tuple[Path, str]:
     """
     if revision == "worktree":
         return REPO, "worktree"
-    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True, check=True
+    ).stdout.strip()
     root = work / f"code-{rev}"
     root.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "exports_pipeline"], capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "exports_pipeline"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     sys.path.insert(0, str(root))
     return root, rev
 
 
-def run_timing(args: argparse.Namespace, dbs: dict[int, BenchDatabase], references: dict[int, str], sizes: list[int],
-               work: Path, cli: Path, runs: list[Run], report: dict) -> None:
+def run_timing(
+    args: argparse.Namespace,
+    dbs: dict[int, BenchDatabase],
+    references: dict[int, str],
+    sizes: list[int],
+    work: Path,
+    cli: Path,
+    runs: list[Run],
+    report: dict,
+) -> None:
     """The alternating a,b,c runs of every size, then the tables."""
     cli_folder = Path(tempfile.mkdtemp(prefix="cli-", dir=work))  # one embedded instance for all (c) runs
     for size in sizes:
@@ -774,9 +982,11 @@ def run_timing(args: argparse.Namespace, dbs: dict[int, BenchDatabase], referenc
             run = cases.run(case, iteration)
             runs.append(run)
             label = "warm-up" if iteration == 0 else f"run {iteration}"
-            print(f"  ({case}) {label:<8} {run.wall_s:8.2f} s  CPU {run.cpu_s:7.2f} s  "
-                  f"peak RSS {run.peak_tree_rss_mib:7.0f} MiB  rows {run.rows or 0:,}  load {run.loadavg_before}",
-                  flush=True)
+            print(
+                f"  ({case}) {label:<8} {run.wall_s:8.2f} s  CPU {run.cpu_s:7.2f} s  "
+                f"peak RSS {run.peak_tree_rss_mib:7.0f} MiB  rows {run.rows or 0:,}  load {run.loadavg_before}",
+                flush=True,
+            )
     if args.small:
         report["dagster_floor"] = measure_dagster_floor(args, work)
     summary = summarize(runs, dbs)
@@ -801,17 +1011,25 @@ def measure_dagster_floor(args: argparse.Namespace, work: Path) -> dict:
     env = dict(os.environ, DAGSTER_HOME=str(folder))
     walls, cpus = [], []
     for iteration in range(args.repeat + 1):
-        wall, _, _, code, _, cpu = run_measured([sys.executable, str(FLOOR_SCRIPT)], env=env, cwd=folder,
-                                                log_prefix=folder / f"log{iteration}", poll=args.poll)
+        wall, _, _, code, _, cpu = run_measured(
+            [sys.executable, str(FLOOR_SCRIPT)],
+            env=env,
+            cwd=folder,
+            log_prefix=folder / f"log{iteration}",
+            poll=args.poll,
+        )
         if code != 0:
             raise SystemExit((folder / f"log{iteration}.err").read_text()[-3000:])
         if iteration:
             walls.append(wall)
             cpus.append(cpu)
     floor = {"median_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus), "walls": walls}
-    print(f"\nfloor under (c): imports of the data libraries and Dagster, a SQLite instance and one trivial "
-          f"in-process run (bench/dagster_floor.py): median {floor['median_s']:.2f} s, CPU {floor['median_cpu_s']:.2f} s "
-          f"({', '.join(f'{w:.2f}' for w in walls)})", flush=True)
+    print(
+        f"\nfloor under (c): imports of the data libraries and Dagster, a SQLite instance and one trivial "
+        f"in-process run (bench/dagster_floor.py): median {floor['median_s']:.2f} s, CPU {floor['median_cpu_s']:.2f} s "
+        f"({', '.join(f'{w:.2f}' for w in walls)})",
+        flush=True,
+    )
     return floor
 
 
@@ -822,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = Path(args.cli)
     if not cli.exists():
         raise SystemExit(f"{cli} not found: install the package (make setup) or pass --cli")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     own_work = args.workdir is None
     work = Path(tempfile.mkdtemp(prefix="exports-bench-")) if own_work else args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -839,8 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             dbs[size] = ensure_database(args.server_url, size, args.db_prefix, args.reseed, cli)
             db = dbs[size]
-            print(f"  {db.name}: campaign {db.campaign_id}, {db.size:,} contacts, {db.attempts:,} attempts, "
-                  f"{db.answers:,} answers, {db.question_count} questions")
+            print(
+                f"  {db.name}: campaign {db.campaign_id}, {db.size:,} contacts, {db.attempts:,} attempts, "
+                f"{db.answers:,} answers, {db.question_count} questions"
+            )
         references = {size: reference_query(db.campaign_id, db.question_count) for size, db in dbs.items()}
         if timing:
             run_timing(args, dbs, references, sizes, work, cli, runs, report)
@@ -860,14 +1080,29 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         args.results_dir.mkdir(parents=True, exist_ok=True)
         path = args.results_dir / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-        path.write_text(json.dumps({
-            "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
-            "git": git_revision(), "code": code_rev, "package_digest": digest, "python": sys.version.split()[0],
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "mem_total": Path("/proc/meminfo").read_text().splitlines()[0]},
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "databases": {str(k): asdict(v) for k, v in dbs.items()},
-            "runs": [asdict(r) for r in runs], **report}, indent=2, default=str))
+        path.write_text(
+            json.dumps(
+                {
+                    "started_at": started.isoformat(),
+                    "finished_at": datetime.now(UTC).isoformat(),
+                    "git": git_revision(),
+                    "code": code_rev,
+                    "package_digest": digest,
+                    "python": sys.version.split()[0],
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "platform": platform.platform(),
+                        "mem_total": Path("/proc/meminfo").read_text().splitlines()[0],
+                    },
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "databases": {str(k): asdict(v) for k, v in dbs.items()},
+                    "runs": [asdict(r) for r in runs],
+                    **report,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         print(f"\nraw results: {path}")
     return 0
 

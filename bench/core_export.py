@@ -10,6 +10,7 @@ frame arrives, by wrapping the core's functions with timers at run time (microse
 The functions are found by what they are (public methods of PostgresSource, the core functions and
 classes export.py uses, the writers), not by name, so a refactored core is still timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,14 @@ class _TimedIterator:
         finally:
             SECONDS[self.name] += time.perf_counter() - start
         CALLS[self.name] += 1
-        BATCHES.append({"stream": self.name, "t": round(time.perf_counter() - T0, 3),
-                        "rows": getattr(item, "height", None), "rss_mib": round(_rss_mib(), 1)})
+        BATCHES.append(
+            {
+                "stream": self.name,
+                "t": round(time.perf_counter() - T0, 3),
+                "rows": getattr(item, "height", None),
+                "rss_mib": round(_rss_mib(), 1),
+            }
+        )
         return item
 
     def close(self):
@@ -100,8 +107,11 @@ def _ours(obj) -> bool:
 
 def _wrap_class(cls, prefix: str, names=None, init: bool = False) -> None:
     for name, member in list(vars(cls).items()):
-        if inspect.isfunction(member) and ((init and name == "__init__") or not name.startswith("_")) \
-                and (names is None or name in names):
+        if (
+            inspect.isfunction(member)
+            and ((init and name == "__init__") or not name.startswith("_"))
+            and (names is None or name in names)
+        ):
             setattr(cls, name, _timed(f"{prefix}{cls.__name__}.{name}", member))
 
 
@@ -115,7 +125,7 @@ def install_phase_timers() -> None:
         _wrap_class(pg, "source: ", init=True)  # __init__: connect, export the snapshot, check the schema
         if hasattr(pg, "_rows"):
             pg._rows = _timed("source: PostgresSource._rows (psycopg queries)", pg._rows)
-    for name, member in list(vars(writers_mod).items()):
+    for member in list(vars(writers_mod).values()):
         if inspect.isclass(member) and member.__module__ == writers_mod.__name__:
             _wrap_class(member, "write: ", {"write", "close"})
     _wrap_class(publish_mod.StagedFile, "publish: ", {"describe"})
@@ -155,16 +165,21 @@ def main() -> int:
         failed = [c.name for c in staged.failed_blocking_checks]
     end = time.perf_counter()
     if args.timings:
-        args.timings.write_text(json.dumps({
-            "rows": rows,
-            "imports_s": IMPORTED - T0,
-            "stage_s": staged_at - start,
-            "publish_s": published_at - staged_at,
-            "cleanup_s": end - published_at,
-            "phases": {k: {"seconds": round(v, 4), "calls": CALLS[k]} for k, v in sorted(SECONDS.items())},
-            "batches": BATCHES,
-            "end": {"t": round(time.perf_counter() - T0, 3), "rss_mib": round(_rss_mib(), 1)},
-        }, indent=2))
+        args.timings.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "imports_s": IMPORTED - T0,
+                    "stage_s": staged_at - start,
+                    "publish_s": published_at - staged_at,
+                    "cleanup_s": end - published_at,
+                    "phases": {k: {"seconds": round(v, 4), "calls": CALLS[k]} for k, v in sorted(SECONDS.items())},
+                    "batches": BATCHES,
+                    "end": {"t": round(time.perf_counter() - T0, 3), "rss_mib": round(_rss_mib(), 1)},
+                },
+                indent=2,
+            )
+        )
     print(json.dumps({"rows": rows, "snapshot": published.snapshot, "failed_checks": failed}))
     return 0
 

@@ -9,6 +9,7 @@ one JSON object: the campaigns done, the process's CPU seconds spent on them (us
 the imports before the first campaign are left out, as a run worker pays them once per run) and the wall
 time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,21 @@ def main() -> int:
     cpu, wall = cpu_seconds(), time.perf_counter()
     rows = 0
     for start in range(0, len(campaign_ids), CAMPAIGNS_PER_RUN):
-        run = campaign_ids[start:start + CAMPAIGNS_PER_RUN]
+        run = campaign_ids[start : start + CAMPAIGNS_PER_RUN]
         for campaign_id, shared_read in campaigns_in_read_order(args.source_url, run, options):
             with stage_export(args.source_url, campaign_id, options, run_id, shared_read=shared_read) as staged:
                 publish_export(staged, destination)
                 rows += staged.rows
-    print(json.dumps({"campaigns": len(campaign_ids), "rows": rows, "cpu_s": round(cpu_seconds() - cpu, 3),
-                      "wall_s": round(time.perf_counter() - wall, 3)}))
+    print(
+        json.dumps(
+            {
+                "campaigns": len(campaign_ids),
+                "rows": rows,
+                "cpu_s": round(cpu_seconds() - cpu, 3),
+                "wall_s": round(time.perf_counter() - wall, 3),
+            }
+        )
+    )
     return 0
 
 

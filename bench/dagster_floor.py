@@ -5,6 +5,7 @@ It imports the data libraries an export needs (polars, pyarrow, connectorx, psyc
 Dagster, opens a SQLite instance in DAGSTER_HOME, and materializes one trivial asset in process,
 then exits the way the command does (no interpreter teardown). Run by bench.py (never imported).
 """
+
 import os
 import sys
 

@@ -46,9 +46,11 @@ What it does, end to end, with real processes only (not part of the test suite o
 
 Exit code 0 only when every campaign's export checks out after both phases.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -65,7 +67,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -141,8 +143,11 @@ class GraphQL:
         self.url = url
 
     def __call__(self, query: str, variables: dict | None = None, timeout: float = 600) -> dict:
-        request = urllib.request.Request(f"{self.url}/graphql", json.dumps(
-            {"query": query, "variables": variables or {}}).encode(), {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            json.dumps({"query": query, "variables": variables or {}}).encode(),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = json.load(response)
         if body.get("errors"):
@@ -163,14 +168,16 @@ class GraphQL:
 
 # ------------------------------------------------------------------------------------------ processes
 
+
 class Service:
     """A Dagster process leading its own process group, which its code server and run workers join."""
 
     def __init__(self, name: str, command: list, env: dict, cwd: Path, logs: Path):
         self.name, self.log = name, logs / f"{name}.log"
         with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def tail(self, chars: int = 3000) -> str:
         return f"--- {self.log.name}\n{self.log.read_text(errors='replace')[-chars:]}"
@@ -179,14 +186,10 @@ class Service:
         """SIGTERM to the process, so that it stops its code server; then whatever is left of its group goes."""
         if self.process.poll() is None:
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # the group this process leads (start_new_session)
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
 
@@ -224,6 +227,7 @@ def wait_for(what: str, predicate, timeout: float, services: list[Service], inte
 
 # ------------------------------------------------------------------------------------------- sampling
 
+
 class Sampler(threading.Thread):
     """pg_stat_activity of the source database every `interval` s; every second, RSS and CPU of the services'
     process groups. A process's CPU is its last sample's: a lower bound, short of at most its last second.
@@ -242,8 +246,13 @@ class Sampler(threading.Thread):
     def begin_phase(self, name: str) -> None:
         with self.lock:
             self.phase = name
-            self.peaks[name] = {"source_connections": 0, "active_source_connections": 0, "samples": 0,
-                                "rss_mib": {s.name: 0.0 for s in self.services}, "total_rss_mib": 0.0}
+            self.peaks[name] = {
+                "source_connections": 0,
+                "active_source_connections": 0,
+                "samples": 0,
+                "rss_mib": {s.name: 0.0 for s in self.services},
+                "total_rss_mib": 0.0,
+            }
 
     def stop(self) -> None:
         self._done.set()
@@ -256,7 +265,9 @@ class Sampler(threading.Thread):
                 while not self._done.is_set():
                     total, active = conn.execute(
                         "SELECT count(*), count(*) FILTER (WHERE state = 'active') FROM pg_stat_activity "
-                        "WHERE datname = %s", (self.source_db,)).fetchone()
+                        "WHERE datname = %s",
+                        (self.source_db,),
+                    ).fetchone()
                     rss = None
                     if time.monotonic() - last_rss >= 1.0:
                         rss, last_rss = self._sample_processes(), time.monotonic()
@@ -322,6 +333,7 @@ class Sampler(threading.Thread):
 
 # ------------------------------------------------------------------------------------------ the setup
 
+
 def create_databases(admin_url: str, names: list[str]) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         for name in names:
@@ -336,8 +348,22 @@ def drop_databases(admin_url: str, names: list[str]) -> None:
 
 def seed(source_url: str, campaigns: int, random_seed: int) -> list[str]:
     """The campaign ids, in creation order (the order their partitions are registered in)."""
-    seeded = subprocess.run([BIN / "exports-pipeline", "seed", "--url", source_url, "--campaigns", str(campaigns),
-                             "--size-mix", SIZE_MIX, "--seed", str(random_seed)], capture_output=True, text=True)
+    seeded = subprocess.run(
+        [
+            BIN / "exports-pipeline",
+            "seed",
+            "--url",
+            source_url,
+            "--campaigns",
+            str(campaigns),
+            "--size-mix",
+            SIZE_MIX,
+            "--seed",
+            str(random_seed),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if seeded.returncode != 0:  # not check=True: the error would show the URL, password included
         from exports_pipeline.core.sourceurl import redact_text
 
@@ -370,10 +396,16 @@ def deployment_env(server_url: str, storage_db: str, source_url: str, home: Path
     server = urlsplit(server_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTS_")}
     env.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
-    env.update(DAGSTER_HOME=str(home), DAGSTER_PG_HOST=server.hostname or "127.0.0.1",
-               DAGSTER_PG_PORT=str(server.port or 5432), DAGSTER_PG_USER=server.username or "postgres",
-               DAGSTER_PG_PASSWORD=server.password or "", DAGSTER_PG_DB=storage_db,
-               EXPORTS_SOURCE_URL=source_url, EXPORTS_DESTINATION=str(exports))
+    env.update(
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_HOST=server.hostname or "127.0.0.1",
+        DAGSTER_PG_PORT=str(server.port or 5432),
+        DAGSTER_PG_USER=server.username or "postgres",
+        DAGSTER_PG_PASSWORD=server.password or "",
+        DAGSTER_PG_DB=storage_db,
+        EXPORTS_SOURCE_URL=source_url,
+        EXPORTS_DESTINATION=str(exports),
+    )
     return env
 
 
@@ -390,13 +422,24 @@ def register_partitions(env: dict, campaign_ids: list[str]) -> None:
 
 def start_services(env: dict, home: Path, logs: Path) -> tuple[list[Service], GraphQL]:
     port = free_port()
-    services = [Service("daemon", [BIN / "dagster-daemon", "run", "-w", WORKSPACE], env, home, logs),
-                Service("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(port),
-                                      "-w", WORKSPACE], env, home, logs)]
+    services = [
+        Service("daemon", [BIN / "dagster-daemon", "run", "-w", WORKSPACE], env, home, logs),
+        Service(
+            "webserver",
+            [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", WORKSPACE],
+            env,
+            home,
+            logs,
+        ),
+    ]
     graphql = GraphQL(f"http://127.0.0.1:{port}")
     print("starting dagster-daemon and dagster-webserver ...", flush=True)
-    wait_for("the webserver", lambda: urllib.request.urlopen(f"{graphql.url}/server_info", timeout=10).status
-             == 200, STARTUP_TIMEOUT_S, services)
+    wait_for(
+        "the webserver",
+        lambda: urllib.request.urlopen(f"{graphql.url}/server_info", timeout=10).status == 200,
+        STARTUP_TIMEOUT_S,
+        services,
+    )
     wait_for("healthy daemons", lambda: daemons_healthy(graphql), STARTUP_TIMEOUT_S, services, interval=2.0)
     return services, graphql
 
@@ -414,8 +457,11 @@ def location_name() -> str:
 def schedule_selector() -> dict:
     from exports_pipeline.defs.schedules import nightly_changed_campaigns
 
-    return {"repositoryLocationName": location_name(), "repositoryName": REPOSITORY_NAME,
-            "scheduleName": nightly_changed_campaigns.name}
+    return {
+        "repositoryLocationName": location_name(),
+        "repositoryName": REPOSITORY_NAME,
+        "scheduleName": nightly_changed_campaigns.name,
+    }
 
 
 def stop_nightly_schedule(graphql: GraphQL) -> None:
@@ -430,13 +476,15 @@ def stop_nightly_schedule(graphql: GraphQL) -> None:
 
 # ----------------------------------------------------------------------------------- (a) psql \copy
 
+
 def question_counts(source_url: str) -> dict[str, int]:
     with psycopg.connect(source_url, autocommit=True) as conn:
         return dict(conn.execute("SELECT campaign_id::text, max(position) FROM survey_questions GROUP BY 1"))
 
 
-def psql_per_campaign(source_url: str, campaign_ids: list[str], contacts: dict[str, set[str]], reference: Path,
-                      work: Path) -> dict:
+def psql_per_campaign(
+    source_url: str, campaign_ids: list[str], contacts: dict[str, set[str]], reference: Path, work: Path
+) -> dict:
     """(a): one `psql \\copy` process per campaign, one after the other; each one's row count checked."""
     reference_query = load_reference(reference)
     questions = question_counts(source_url)
@@ -446,8 +494,11 @@ def psql_per_campaign(source_url: str, campaign_ids: list[str], contacts: dict[s
     for cid in campaign_ids:
         sql = " ".join(reference_query(cid, questions.get(cid, 0)).split())  # \copy takes the rest of one line
         began = time.perf_counter()
-        done = subprocess.run([psql, source_url, "-X", "-v", "ON_ERROR_STOP=1", "-c",
-                               f"\\copy ({sql}) to '{target}' csv header"], capture_output=True, text=True)
+        done = subprocess.run(
+            [psql, source_url, "-X", "-v", "ON_ERROR_STOP=1", "-c", f"\\copy ({sql}) to '{target}' csv header"],
+            capture_output=True,
+            text=True,
+        )
         seconds[cid] = time.perf_counter() - began
         if len(seconds) % 500 == 0:
             print(f"  [{time.perf_counter() - start:6.0f} s] {len(seconds):,} campaigns", flush=True)
@@ -455,8 +506,12 @@ def psql_per_campaign(source_url: str, campaign_ids: list[str], contacts: dict[s
             wrong.append(f"{cid}: psql exited {done.returncode}, printed {done.stdout.strip()[-80:]!r}")
     wall = time.perf_counter() - start
     target.unlink(missing_ok=True)
-    return {"wall_s": round(wall, 2), "psql_cpu_s": round(children_cpu() - cpu, 2),
-            "per_campaign_s": {k: round(v, 4) for k, v in seconds.items()}, "problems": wrong}
+    return {
+        "wall_s": round(wall, 2),
+        "psql_cpu_s": round(children_cpu() - cpu, 2),
+        "per_campaign_s": {k: round(v, 4) for k, v in seconds.items()},
+        "problems": wrong,
+    }
 
 
 def children_cpu() -> float:
@@ -466,18 +521,28 @@ def children_cpu() -> float:
 
 # ------------------------------------------------------------------------------- (c) and (d) in Dagster
 
+
 def launch_backfill(graphql: GraphQL, campaign_ids: list[str]) -> str:
     """One asset backfill of every partition of the default export assets, as the UI launches it."""
-    result = graphql(LAUNCH_BACKFILL, {"params": {
-        "partitionNames": campaign_ids, "fromFailure": False, "tags": [],
-        "assetSelection": [{"path": [name]} for name in DEFAULT_ASSETS]}})["launchPartitionBackfill"]
+    result = graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "partitionNames": campaign_ids,
+                "fromFailure": False,
+                "tags": [],
+                "assetSelection": [{"path": [name]} for name in DEFAULT_ASSETS],
+            }
+        },
+    )["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise SystemExit(f"backfill not launched: {result}")
     return result["backfillId"]
 
 
-def wait_for_backfill(graphql: GraphQL, backfill_id: str, started: float, timeout: float,
-                      services: list[Service]) -> tuple[float, str]:
+def wait_for_backfill(
+    graphql: GraphQL, backfill_id: str, started: float, timeout: float, services: list[Service]
+) -> tuple[float, str]:
     """Seconds from the launch to the backfill's completion (its end timestamp), and its final status."""
     next_print = 0.0
     while True:
@@ -487,20 +552,25 @@ def wait_for_backfill(graphql: GraphQL, backfill_id: str, started: float, timeou
             runs = graphql.runs({"tags": [{"key": BACKFILL_TAG, "value": backfill_id}]})
             if all(r["status"] in FINISHED for r in runs):
                 return (backfill.get("endTimestamp") or time.time()) - started, status
-        next_print = report_progress("backfill", status, started, next_print, graphql,
-                                     {"tags": [{"key": BACKFILL_TAG, "value": backfill_id}]})
+        next_print = report_progress(
+            "backfill", status, started, next_print, graphql, {"tags": [{"key": BACKFILL_TAG, "value": backfill_id}]}
+        )
         check_deadline(started, timeout, services)
         time.sleep(2.0)
 
 
-def report_progress(what: str, status: str | None, started: float, next_print: float, graphql: GraphQL,
-                    runs_filter: dict) -> float:
+def report_progress(
+    what: str, status: str | None, started: float, next_print: float, graphql: GraphQL, runs_filter: dict
+) -> float:
     """Prints the runs' progress every PROGRESS_EVERY_S; returns when to print next."""
     if time.monotonic() < next_print:
         return next_print
     counts = Counter(r["status"] for r in graphql.runs(runs_filter))
-    print(f"  [{time.time() - started:6.0f} s] {what} {status or ''}: runs {dict(sorted(counts.items()))}; "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"  [{time.time() - started:6.0f} s] {what} {status or ''}: runs {dict(sorted(counts.items()))}; "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return time.monotonic() + PROGRESS_EVERY_S
 
 
@@ -532,11 +602,20 @@ def evaluate_schedule(graphql: GraphQL) -> list[dict]:
 def launch_run_requests(graphql: GraphQL, requests: list[dict], job_name: str) -> list[str]:
     """The run requests launched as the dialog's "Launch all" does (ui-core buildExecutionParamsListSchedule)."""
     selector = schedule_selector()
-    params = [{"runConfigData": request["runConfigYaml"] or "{}", "mode": "default",
-               "selector": {"jobName": request["jobName"] or job_name, "repositoryName": REPOSITORY_NAME,
-                            "repositoryLocationName": selector["repositoryLocationName"],
-                            "assetSelection": request["assetSelection"] or []},
-               "executionMetadata": {"tags": request["tags"]}} for request in requests]
+    params = [
+        {
+            "runConfigData": request["runConfigYaml"] or "{}",
+            "mode": "default",
+            "selector": {
+                "jobName": request["jobName"] or job_name,
+                "repositoryName": REPOSITORY_NAME,
+                "repositoryLocationName": selector["repositoryLocationName"],
+                "assetSelection": request["assetSelection"] or [],
+            },
+            "executionMetadata": {"tags": request["tags"]},
+        }
+        for request in requests
+    ]
     result = graphql(LAUNCH_RUNS, {"params": params})["launchMultipleRuns"]
     if result["__typename"] != "LaunchMultipleRunsResult":
         raise SystemExit(f"runs not launched: {result}")
@@ -547,8 +626,9 @@ def launch_run_requests(graphql: GraphQL, requests: list[dict], job_name: str) -
     return [r["run"]["runId"] for r in launched]
 
 
-def wait_for_runs(graphql: GraphQL, run_ids: list[str], started: float, timeout: float,
-                  services: list[Service]) -> float:
+def wait_for_runs(
+    graphql: GraphQL, run_ids: list[str], started: float, timeout: float, services: list[Service]
+) -> float:
     """Seconds from `started` to the end of the last of these runs."""
     next_print = 0.0
     while True:
@@ -569,13 +649,14 @@ def requested_campaigns(requests: list[dict], order: list[str]) -> list[str]:
     for request in requests:
         tags = {t["key"]: t["value"] for t in request["tags"]}
         if RANGE_START in tags:
-            covered += order[position[tags[RANGE_START]]:position[tags[RANGE_END]] + 1]
+            covered += order[position[tags[RANGE_START]] : position[tags[RANGE_END]] + 1]
         else:
             covered.append(tags["dagster/partition"])
     return covered
 
 
 # ----------------------------------------------------------------------------------------- the checks
+
 
 def csv_contact_ids(path: Path) -> list[str]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -594,8 +675,11 @@ def check_campaign(exports: Path, cid: str, contact_ids: set[str], run_ids: set[
     latest, manifest = read_latest(destination, cid), read_manifest(destination, cid)
     if latest is None or manifest is None:
         return [f"{cid}: latest.json {'missing' if latest is None else 'names no manifest'}"]
-    problems = [] if manifest.get("run_id") in run_ids else [f"{cid}: manifest of run {manifest.get('run_id')}, "
-                                                             "not of this phase"]
+    problems = (
+        []
+        if manifest.get("run_id") in run_ids
+        else [f"{cid}: manifest of run {manifest.get('run_id')}, not of this phase"]
+    )
     folder = exports / campaign_prefix(cid) / latest["snapshot"]
     formats = {record["format"]: folder / record["name"] for record in manifest["files"]}
     for record in manifest["files"]:
@@ -607,18 +691,22 @@ def check_campaign(exports: Path, cid: str, contact_ids: set[str], run_ids: set[
         if any(written[k] != record.get(k) for k in ("bytes", "sha256")):
             problems.append(f"{cid}: {record['name']} differs from its manifest entry")
     if "csv" not in formats or not formats["csv"].is_file():
-        return problems + [f"{cid}: no CSV in the snapshot"]
+        return [*problems, f"{cid}: no CSV in the snapshot"]
     rows = csv_contact_ids(formats["csv"])
     if len(rows) != len(contact_ids) or set(rows) != contact_ids:
-        problems.append(f"{cid}: the CSV has {len(rows)} rows ({len(set(rows))} contacts), the source "
-                        f"{len(contact_ids)} contacts")
+        problems.append(
+            f"{cid}: the CSV has {len(rows)} rows ({len(set(rows))} contacts), the source {len(contact_ids)} contacts"
+        )
     return problems
 
 
 def check_exports(exports: Path, campaign_ids: list[str], contacts: dict[str, set[str]], runs_of) -> list[str]:
     """Every campaign's problems; runs_of(campaign id) is the set of runs that may have written its snapshot."""
-    return [problem for cid in campaign_ids
-            for problem in check_campaign(exports, cid, contacts.get(cid, set()), runs_of(cid))]
+    return [
+        problem
+        for cid in campaign_ids
+        for problem in check_campaign(exports, cid, contacts.get(cid, set()), runs_of(cid))
+    ]
 
 
 def database_activity(admin_url: str, databases: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -626,8 +714,10 @@ def database_activity(admin_url: str, databases: dict[str, str]) -> dict[str, di
     counts what the PostgreSQL server does for each, connection set-ups included: the storage database's
     figures are the cost of Dagster's events and run bookkeeping on the server)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname, sessions, active_time FROM pg_stat_database WHERE datname = ANY(%s)",
-                            (list(databases.values()),)).fetchall()
+        rows = conn.execute(
+            "SELECT datname, sessions, active_time FROM pg_stat_database WHERE datname = ANY(%s)",
+            (list(databases.values()),),
+        ).fetchall()
     names = {db: role for role, db in databases.items()}
     return {names[db]: {"sessions": sessions, "active_s": active_ms / 1000} for db, sessions, active_ms in rows}
 
@@ -635,11 +725,17 @@ def database_activity(admin_url: str, databases: dict[str, str]) -> dict[str, di
 def event_counts(storage_url: str, run_ids: list[str]) -> dict[str, int]:
     """Events the runs wrote to the event log, by type (read from Dagster's PostgreSQL storage)."""
     with psycopg.connect(storage_url, autocommit=True) as conn:
-        return dict(conn.execute("SELECT coalesce(dagster_event_type, 'LOG'), count(*) FROM event_logs "
-                                 "WHERE run_id = ANY(%s) GROUP BY 1 ORDER BY 2 DESC", (run_ids,)))
+        return dict(
+            conn.execute(
+                "SELECT coalesce(dagster_event_type, 'LOG'), count(*) FROM event_logs "
+                "WHERE run_id = ANY(%s) GROUP BY 1 ORDER BY 2 DESC",
+                (run_ids,),
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------- (b) core loop
+
 
 def core_loop(source_url: str, campaign_ids: list[str], sample: int, work: Path) -> dict:
     """The export core's CPU per campaign, without Dagster, over every k-th campaign (k = N / sample, rounded
@@ -648,8 +744,12 @@ def core_loop(source_url: str, campaign_ids: list[str], sample: int, work: Path)
     chosen = campaign_ids[::step]
     ids = work / "core-loop-ids.txt"
     ids.write_text("\n".join(chosen))
-    done = subprocess.run([sys.executable, CORE_LOOP, "--source-url", source_url, "--ids", ids,
-                           "--dest", work / "core-loop"], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, CORE_LOOP, "--source-url", source_url, "--ids", ids, "--dest", work / "core-loop"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     shutil.rmtree(work / "core-loop", ignore_errors=True)
     if done.returncode != 0:
         from exports_pipeline.core.sourceurl import redact_text
@@ -661,16 +761,28 @@ def core_loop(source_url: str, campaign_ids: list[str], sample: int, work: Path)
 
 # ------------------------------------------------------------------------------------------- phases
 
+
 class Load:
     """What the phases share: the running deployment, its sampler and the expected data."""
 
-    def __init__(self, graphql: GraphQL, services: list[Service], sampler: Sampler, args: argparse.Namespace,
-                 exports: Path, urls: tuple[str, str], campaign_ids: list[str], contacts: dict[str, set[str]]):
+    def __init__(
+        self,
+        graphql: GraphQL,
+        services: list[Service],
+        sampler: Sampler,
+        args: argparse.Namespace,
+        exports: Path,
+        urls: tuple[str, str],
+        campaign_ids: list[str],
+        contacts: dict[str, set[str]],
+    ):
         self.graphql, self.services, self.sampler, self.args = graphql, services, sampler, args
         self.exports, self.campaign_ids, self.contacts = exports, campaign_ids, contacts
         self.source_url, self.storage_url = urls
         self.admin_url = with_database(args.server_url, "postgres")
-        self.databases = {role: urlsplit(url).path.lstrip("/") for role, url in zip(("source", "storage"), urls)}
+        self.databases = {
+            role: urlsplit(url).path.lstrip("/") for role, url in zip(("source", "storage"), urls, strict=True)
+        }
         self.earlier_runs: set[str] = set()
 
     def measured(self, name: str, body) -> dict:
@@ -681,44 +793,71 @@ class Load:
         time.sleep(2.0)  # the run workers' last CPU seconds, before they are reaped; the server's statistics
         usage = self._usage_since(before, runs)
         run_ids = [r["runId"] for r in runs]
-        print(f"  {name}: {seconds:.1f} s, {len(runs)} runs {dict(Counter(r['status'] for r in runs))}; "
-              "checking every campaign's latest.json ...", flush=True)
+        print(
+            f"  {name}: {seconds:.1f} s, {len(runs)} runs {dict(Counter(r['status'] for r in runs))}; "
+            "checking every campaign's latest.json ...",
+            flush=True,
+        )
         phase_runs, earlier = set(run_ids), self.earlier_runs
         exported = set(details.get("exported", self.campaign_ids))  # the others keep an earlier phase's snapshot
-        problems = check_exports(self.exports, self.campaign_ids, self.contacts,
-                                 lambda cid: phase_runs if cid in exported else earlier)
+        problems = check_exports(
+            self.exports, self.campaign_ids, self.contacts, lambda cid: phase_runs if cid in exported else earlier
+        )
         self.earlier_runs = earlier | phase_runs
-        return {**details, **usage, "seconds": round(seconds, 2), "runs": len(runs),
-                "run_status": dict(Counter(r["status"] for r in runs)),
-                "events": event_counts(self.storage_url, run_ids), "peaks": self.sampler.peaks[name],
-                "problems": problems, "run_details": runs}
+        return {
+            **details,
+            **usage,
+            "seconds": round(seconds, 2),
+            "runs": len(runs),
+            "run_status": dict(Counter(r["status"] for r in runs)),
+            "events": event_counts(self.storage_url, run_ids),
+            "peaks": self.sampler.peaks[name],
+            "problems": problems,
+            "run_details": runs,
+        }
 
     def _counters(self) -> tuple:
-        return (self.sampler.cpu_totals(), database_activity(self.admin_url, self.databases),
-                self.sampler.run_worker_schedstat())
+        return (
+            self.sampler.cpu_totals(),
+            database_activity(self.admin_url, self.databases),
+            self.sampler.run_worker_schedstat(),
+        )
 
     def _usage_since(self, before: tuple, runs: list[dict]) -> dict:
         """CPU per process kind, the server's work per database and how the run workers spent their time."""
         cpu, server, sched = self._counters()
-        on_cpu, waiting = (after - earlier for after, earlier in zip(sched, before[2]))
+        on_cpu, waiting = (after - earlier for after, earlier in zip(sched, before[2], strict=True))
         lifetime = sum(r["endTime"] - r["startTime"] for r in runs if r["startTime"] and r["endTime"])
-        return {"cpu_s": {k: round(v - before[0].get(k, 0.0), 1) for k, v in cpu.items()},
-                "postgres": {role: {k: round(v - before[1][role][k], 2) for k, v in figures.items()}
-                             for role, figures in server.items()},
-                "run_worker_time": {"lifetime_s": round(lifetime, 1), "on_cpu_s": round(on_cpu, 1),
-                                    "waiting_for_cpu_s": round(waiting, 1),
-                                    "blocked_s": round(lifetime - on_cpu - waiting, 1)}}
+        return {
+            "cpu_s": {k: round(v - before[0].get(k, 0.0), 1) for k, v in cpu.items()},
+            "postgres": {
+                role: {k: round(v - before[1][role][k], 2) for k, v in figures.items()}
+                for role, figures in server.items()
+            },
+            "run_worker_time": {
+                "lifetime_s": round(lifetime, 1),
+                "on_cpu_s": round(on_cpu, 1),
+                "waiting_for_cpu_s": round(waiting, 1),
+                "blocked_s": round(lifetime - on_cpu - waiting, 1),
+            },
+        }
 
     def backfill(self) -> tuple[float, list[dict], dict]:
         """(c): one asset backfill of all partitions, launched through GraphQL, until it completes."""
         started = time.time()
         backfill_id = launch_backfill(self.graphql, self.campaign_ids)
-        print(f"(c) backfill {backfill_id} of {len(self.campaign_ids):,} partitions launched "
-              f"(GraphQL answered in {time.time() - started:.1f} s)", flush=True)
+        print(
+            f"(c) backfill {backfill_id} of {len(self.campaign_ids):,} partitions launched "
+            f"(GraphQL answered in {time.time() - started:.1f} s)",
+            flush=True,
+        )
         seconds, status = wait_for_backfill(self.graphql, backfill_id, started, self.args.timeout, self.services)
         runs = self.graphql.runs({"tags": [{"key": BACKFILL_TAG, "value": backfill_id}]})
-        return seconds, runs, {"backfill_id": backfill_id, "backfill_status": status,
-                               "campaigns": len(self.campaign_ids)}
+        return (
+            seconds,
+            runs,
+            {"backfill_id": backfill_id, "backfill_status": status, "campaigns": len(self.campaign_ids)},
+        )
 
     def nightly(self) -> tuple[float, list[dict], dict]:
         """(d): every campaign changed, the schedule evaluated and its run requests launched, until they end."""
@@ -729,15 +868,22 @@ class Load:
         requests = evaluate_schedule(self.graphql)
         evaluated = time.time() - started
         covered = requested_campaigns(requests, self.campaign_ids)
-        print(f"(d) the nightly schedule requested {len(requests)} runs of {len(covered):,} campaigns "
-              f"(evaluated in {evaluated:.1f} s); launching them ...", flush=True)
+        print(
+            f"(d) the nightly schedule requested {len(requests)} runs of {len(covered):,} campaigns "
+            f"(evaluated in {evaluated:.1f} s); launching them ...",
+            flush=True,
+        )
         run_ids = launch_run_requests(self.graphql, requests, export_campaign_job.name)
         seconds = wait_for_runs(self.graphql, run_ids, started, self.args.timeout, self.services)
-        return seconds, self.graphql.runs({"runIds": run_ids}), {
-            "evaluation_s": round(evaluated, 2), "campaigns": len(covered), "exported": covered}
+        return (
+            seconds,
+            self.graphql.runs({"runIds": run_ids}),
+            {"evaluation_s": round(evaluated, 2), "campaigns": len(covered), "exported": covered},
+        )
 
 
 # ------------------------------------------------------------------------------------------ the report
+
 
 def cpu_split(phase: dict, export_cpu_per_campaign: float) -> dict:
     """CPU seconds per campaign of a phase: the export (the core loop's figure), Dagster inside the run
@@ -746,12 +892,18 @@ def cpu_split(phase: dict, export_cpu_per_campaign: float) -> dict:
     campaigns = phase["campaigns"]
     workers = sum(v for k, v in phase["cpu_s"].items() if k.endswith("/run worker"))
     outside = sum(v for k, v in phase["cpu_s"].items() if not k.endswith("/run worker"))
-    return {"run_workers": round(workers / campaigns, 4), "export": round(export_cpu_per_campaign, 4),
-            "dagster_in_run_workers": round(workers / campaigns - export_cpu_per_campaign, 4),
-            "dagster_outside_run_workers": round(outside / campaigns, 4),
-            "dagster_events_per_campaign": round(sum(phase["events"].values()) / campaigns, 1),
-            **{f"postgres_{role}_{k}": round(v / campaigns, 4) for role, figures in phase["postgres"].items()
-               for k, v in figures.items()}}
+    return {
+        "run_workers": round(workers / campaigns, 4),
+        "export": round(export_cpu_per_campaign, 4),
+        "dagster_in_run_workers": round(workers / campaigns - export_cpu_per_campaign, 4),
+        "dagster_outside_run_workers": round(outside / campaigns, 4),
+        "dagster_events_per_campaign": round(sum(phase["events"].values()) / campaigns, 1),
+        **{
+            f"postgres_{role}_{k}": round(v / campaigns, 4)
+            for role, figures in phase["postgres"].items()
+            for k, v in figures.items()
+        },
+    }
 
 
 def summarize(report: dict) -> dict:
@@ -759,58 +911,92 @@ def summarize(report: dict) -> dict:
     export_cpu = report["b"]["cpu_per_campaign_s"]
     runs = [report[phase] for phase in ("a", "a_again") if phase in report]
     psql = {cid: sum(a["per_campaign_s"][cid] for a in runs) / len(runs) for cid in report["campaign_ids"]}
-    summary = {"a_s": round(sum(psql.values()), 2), "a_runs_s": [a["wall_s"] for a in runs],
-               "pool_limit": report["settings"]["pool_limit"]}
+    summary = {
+        "a_s": round(sum(psql.values()), 2),
+        "a_runs_s": [a["wall_s"] for a in runs],
+        "pool_limit": report["settings"]["pool_limit"],
+    }
     summary["source_connection_bound"] = summary["pool_limit"] * SESSIONS_PER_EXPORT_RUN + INSTIGATOR_SESSIONS
     for name in ("c", "d"):
         phase = report[name]
         psql_s = sum(psql[cid] for cid in phase.get("exported", report["campaign_ids"]))
-        summary[name] = {"seconds": phase["seconds"], "campaigns": phase["campaigns"], "psql_s": round(psql_s, 2),
-                         "ratio": round(phase["seconds"] / psql_s, 3),
-                         "campaigns_per_min": round(phase["campaigns"] / phase["seconds"] * 60, 1),
-                         "cpu_per_campaign_s": cpu_split(phase, export_cpu),
-                         "peak_rss_mib": phase["peaks"]["rss_mib"],
-                         "peak_total_rss_mib": phase["peaks"]["total_rss_mib"],
-                         "peak_source_connections": phase["peaks"]["source_connections"],
-                         "runs": phase["runs"], "problems": len(phase["problems"]),
-                         "run_worker_time": phase["run_worker_time"]}
+        summary[name] = {
+            "seconds": phase["seconds"],
+            "campaigns": phase["campaigns"],
+            "psql_s": round(psql_s, 2),
+            "ratio": round(phase["seconds"] / psql_s, 3),
+            "campaigns_per_min": round(phase["campaigns"] / phase["seconds"] * 60, 1),
+            "cpu_per_campaign_s": cpu_split(phase, export_cpu),
+            "peak_rss_mib": phase["peaks"]["rss_mib"],
+            "peak_total_rss_mib": phase["peaks"]["total_rss_mib"],
+            "peak_source_connections": phase["peaks"]["source_connections"],
+            "runs": phase["runs"],
+            "problems": len(phase["problems"]),
+            "run_worker_time": phase["run_worker_time"],
+        }
     return summary
 
 
 def print_summary(report: dict, summary: dict) -> None:
     print("\n" + "=" * 100)
-    print(f"{len(report['campaign_ids']):,} campaigns, {report['contacts']:,} contacts (size mix {SIZE_MIX}); "
-          f"max_concurrent_runs {report['settings']['max_concurrent_runs']}, pool {report['settings']['pool']} "
-          f"limit {summary['pool_limit']}; {os.cpu_count()} CPUs; code {report['git']}")
-    print(f"  (a) psql \\copy per campaign: {summary['a_s']:.1f} s ("
-          + (f"mean of {summary['a_runs_s'][0]:.1f} s before and {summary['a_runs_s'][1]:.1f} s after Dagster's "
-             "phases" if len(summary["a_runs_s"]) == 2 else "before Dagster's phases")
-          + "); (b) export core alone: "
-          f"{report['b']['cpu_per_campaign_s'] * 1000:.0f} ms CPU per campaign ({report['b']['campaigns']} campaigns)")
+    print(
+        f"{len(report['campaign_ids']):,} campaigns, {report['contacts']:,} contacts (size mix {SIZE_MIX}); "
+        f"max_concurrent_runs {report['settings']['max_concurrent_runs']}, pool {report['settings']['pool']} "
+        f"limit {summary['pool_limit']}; {os.cpu_count()} CPUs; code {report['git']}"
+    )
+    print(
+        f"  (a) psql \\copy per campaign: {summary['a_s']:.1f} s ("
+        + (
+            f"mean of {summary['a_runs_s'][0]:.1f} s before and {summary['a_runs_s'][1]:.1f} s after Dagster's phases"
+            if len(summary["a_runs_s"]) == 2
+            else "before Dagster's phases"
+        )
+        + "); (b) export core alone: "
+        f"{report['b']['cpu_per_campaign_s'] * 1000:.0f} ms CPU per campaign ({report['b']['campaigns']} campaigns)"
+    )
     for name, label in (("c", "asset backfill"), ("d", "nightly schedule")):
         s, cpu = summary[name], summary[name]["cpu_per_campaign_s"]
-        print(f"  ({name}) {label}: {s['campaigns']:,} campaigns in {s['seconds']:.1f} s, {s['runs']} runs; "
-              f"{name}/a = {s['ratio']:.2f} (psql of the same campaigns {s['psql_s']:.1f} s); "
-              f"{s['campaigns_per_min']:.0f} campaigns/min")
-        print(f"      CPU per campaign: run workers {cpu['run_workers'] * 1000:.0f} ms = export "
-              f"{cpu['export'] * 1000:.0f} ms + Dagster in the run {cpu['dagster_in_run_workers'] * 1000:.0f} ms "
-              f"({cpu['dagster_events_per_campaign']:.0f} events per campaign); Dagster outside the runs "
-              f"{cpu['dagster_outside_run_workers'] * 1000:.0f} ms")
+        print(
+            f"  ({name}) {label}: {s['campaigns']:,} campaigns in {s['seconds']:.1f} s, {s['runs']} runs; "
+            f"{name}/a = {s['ratio']:.2f} (psql of the same campaigns {s['psql_s']:.1f} s); "
+            f"{s['campaigns_per_min']:.0f} campaigns/min"
+        )
+        print(
+            f"      CPU per campaign: run workers {cpu['run_workers'] * 1000:.0f} ms = export "
+            f"{cpu['export'] * 1000:.0f} ms + Dagster in the run {cpu['dagster_in_run_workers'] * 1000:.0f} ms "
+            f"({cpu['dagster_events_per_campaign']:.0f} events per campaign); Dagster outside the runs "
+            f"{cpu['dagster_outside_run_workers'] * 1000:.0f} ms"
+        )
         time_of = summary[name]["run_worker_time"]
-        print(f"      run workers' time ({time_of['lifetime_s']:.0f} s in all): " + ", ".join(
-            f"{label} {time_of[k] / time_of['lifetime_s']:.0%}" for k, label in (
-                ("on_cpu_s", "on a CPU"), ("waiting_for_cpu_s", "waiting for a CPU"),
-                ("blocked_s", "blocked (I/O, database round trips)"))) + " (main threads)")
-        print(f"      PostgreSQL per campaign: storage {cpu['postgres_storage_sessions']:.1f} sessions opened, "
-              f"{cpu['postgres_storage_active_s'] * 1000:.0f} ms running statements; source "
-              f"{cpu['postgres_source_sessions']:.2f} sessions, {cpu['postgres_source_active_s'] * 1000:.0f} ms")
-        print("      peak RSS: " + ", ".join(f"{k} tree {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())
-              + f", together {s['peak_total_rss_mib']:.0f} MiB (target < {TARGET_RSS_MIB} MiB); peak source "
-              f"connections {s['peak_source_connections']} (documented bound {summary['source_connection_bound']})")
+        print(
+            f"      run workers' time ({time_of['lifetime_s']:.0f} s in all): "
+            + ", ".join(
+                f"{label} {time_of[k] / time_of['lifetime_s']:.0%}"
+                for k, label in (
+                    ("on_cpu_s", "on a CPU"),
+                    ("waiting_for_cpu_s", "waiting for a CPU"),
+                    ("blocked_s", "blocked (I/O, database round trips)"),
+                )
+            )
+            + " (main threads)"
+        )
+        print(
+            f"      PostgreSQL per campaign: storage {cpu['postgres_storage_sessions']:.1f} sessions opened, "
+            f"{cpu['postgres_storage_active_s'] * 1000:.0f} ms running statements; source "
+            f"{cpu['postgres_source_sessions']:.2f} sessions, {cpu['postgres_source_active_s'] * 1000:.0f} ms"
+        )
+        print(
+            "      peak RSS: "
+            + ", ".join(f"{k} tree {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())
+            + f", together {s['peak_total_rss_mib']:.0f} MiB (target < {TARGET_RSS_MIB} MiB); peak source "
+            f"connections {s['peak_source_connections']} (documented bound {summary['source_connection_bound']})"
+        )
     problems = [p for phase in ("a", "c", "d", "a_again") for p in report.get(phase, {}).get("problems", [])]
     if not problems:
-        print("  exports: after (c) and after (d), every campaign's latest.json names a complete snapshot of "
-              "that phase with one CSV row per contact")
+        print(
+            "  exports: after (c) and after (d), every campaign's latest.json names a complete snapshot of "
+            "that phase with one CSV row per contact"
+        )
         return
     print(f"  {len(problems)} problems (run again with --keep to look at the runs in the UI):")
     for problem in problems[:20]:
@@ -819,34 +1005,65 @@ def print_summary(report: dict, summary: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The docstring's layout kept in the epilog, and the defaults shown."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=HelpFormatter
+    )
     parser.add_argument("--campaigns", type=int, default=1000, help="campaigns (partitions): 1000, 5000, 10000...")
-    parser.add_argument("--max-concurrent-runs", type=int, default=None,
-                        help="concurrency.runs.max_concurrent_runs (default: dagster.yaml's)")
-    parser.add_argument("--pool-limit", type=int, default=None,
-                        help="concurrency.pools.default_limit, the source_database pool (default: dagster.yaml's)")
-    parser.add_argument("--core-sample", type=int, default=1000,
-                        help="campaigns the export core alone (b) exports at most (every k-th campaign)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the databases, DAGSTER_HOME and exports (printed at the end), not removed")
-    parser.add_argument("--server-url", default=os.environ.get("LOAD_PG_URL", "postgresql://postgres@127.0.0.1:5432/"),
-                        help="PostgreSQL server for both databases (env LOAD_PG_URL)")
-    parser.add_argument("--psql-again", action=argparse.BooleanOptionalAction, default=True,
-                        help="(a) once more after the Dagster phases (--no-psql-again saves its time at 5,000+)")
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
-                        help="file defining reference_query(campaign_id, question_count), as for make bench")
+    parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=None,
+        help="concurrency.runs.max_concurrent_runs (default: dagster.yaml's)",
+    )
+    parser.add_argument(
+        "--pool-limit",
+        type=int,
+        default=None,
+        help="concurrency.pools.default_limit, the source_database pool (default: dagster.yaml's)",
+    )
+    parser.add_argument(
+        "--core-sample",
+        type=int,
+        default=1000,
+        help="campaigns the export core alone (b) exports at most (every k-th campaign)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases, DAGSTER_HOME and exports (printed at the end), not removed",
+    )
+    parser.add_argument(
+        "--server-url",
+        default=os.environ.get("LOAD_PG_URL", "postgresql://postgres@127.0.0.1:5432/"),
+        help="PostgreSQL server for both databases (env LOAD_PG_URL)",
+    )
+    parser.add_argument(
+        "--psql-again",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(a) once more after the Dagster phases (--no-psql-again saves its time at 5,000+)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="file defining reference_query(campaign_id, question_count), as for make bench",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.2, help="pg_stat_activity sampling interval (s)")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="give up on a phase running longer (s)")
     parser.add_argument("--seed", type=int, default=0, help="the seed generator's random seed")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help="raw JSON results go here")
-    parser.add_argument("--code", metavar="REVISION",
-                        help="measure this git revision (e.g. HEAD), copied out, whatever the tree holds meanwhile")
+    parser.add_argument(
+        "--code",
+        metavar="REVISION",
+        help="measure this git revision (e.g. HEAD), copied out, whatever the tree holds meanwhile",
+    )
     args = parser.parse_args(argv)
     if args.campaigns < 1 or args.core_sample < 1:
         parser.error("--campaigns and --core-sample must be >= 1")
@@ -860,25 +1077,41 @@ def raise_interrupt(signum, frame):
 def settings(config: dict) -> dict:
     from exports_pipeline.defs.assets import SOURCE_POOL
 
-    return {"max_concurrent_runs": config["concurrency"]["runs"]["max_concurrent_runs"], "pool": SOURCE_POOL,
-            "pool_limit": config["concurrency"]["pools"]["default_limit"],
-            "granularity": config["concurrency"]["pools"].get("granularity"),
-            "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE),
-            "run_coordinator": config["run_coordinator"], "run_launcher": config.get("run_launcher", "default")}
+    return {
+        "max_concurrent_runs": config["concurrency"]["runs"]["max_concurrent_runs"],
+        "pool": SOURCE_POOL,
+        "pool_limit": config["concurrency"]["pools"]["default_limit"],
+        "granularity": config["concurrency"]["pools"].get("granularity"),
+        "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE),
+        "run_coordinator": config["run_coordinator"],
+        "run_launcher": config.get("run_launcher", "default"),
+    }
 
 
-def run_dagster_phases(args: argparse.Namespace, work: Path, urls: tuple[str, str], campaign_ids: list[str],
-                       contacts: dict[str, set[str]], report: dict, services: list[Service]) -> None:
+def run_dagster_phases(
+    args: argparse.Namespace,
+    work: Path,
+    urls: tuple[str, str],
+    campaign_ids: list[str],
+    contacts: dict[str, set[str]],
+    report: dict,
+    services: list[Service],
+) -> None:
     """(c) and (d) on a deployment started for them; the services are added to `services` to be stopped."""
     source_url, storage_url = urls
-    env = deployment_env(args.server_url, urlsplit(storage_url).path.lstrip("/"), source_url, work / "dagster_home",
-                         work / "exports")
+    env = deployment_env(
+        args.server_url, urlsplit(storage_url).path.lstrip("/"), source_url, work / "dagster_home", work / "exports"
+    )
     register_partitions(env, campaign_ids)
     started, graphql = start_services(env, work / "dagster_home", work / "logs")
     services += started
     stop_nightly_schedule(graphql)
-    sampler = Sampler(with_database(args.server_url, "postgres"), urlsplit(source_url).path.lstrip("/"), services,
-                      args.sample_interval)
+    sampler = Sampler(
+        with_database(args.server_url, "postgres"),
+        urlsplit(source_url).path.lstrip("/"),
+        services,
+        args.sample_interval,
+    )
     sampler.start()
     try:
         load = Load(graphql, services, sampler, args, work / "exports", urls, campaign_ids, contacts)
@@ -896,24 +1129,38 @@ def write_results(args: argparse.Namespace, started: datetime, report: dict) -> 
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"load-{args.campaigns}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps({
-        "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
-        "python": sys.version.split()[0], "loadavg_end": os.getloadavg(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "args": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                 "server_url": redact_url(args.server_url)}, **report}, indent=1, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "started_at": started.isoformat(),
+                "finished_at": datetime.now(UTC).isoformat(),
+                "python": sys.version.split()[0],
+                "loadavg_end": os.getloadavg(),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "args": {
+                    **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "server_url": redact_url(args.server_url),
+                },
+                **report,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     return path
 
 
-def measure(args: argparse.Namespace, work: Path, urls: tuple[str, str], report: dict,
-            services: list[Service]) -> int:
+def measure(args: argparse.Namespace, work: Path, urls: tuple[str, str], report: dict, services: list[Service]) -> int:
     source_url = urls[0]
     print(f"seeding {args.campaigns:,} campaigns (size mix {SIZE_MIX}) ...", flush=True)
     campaign_ids = seed(source_url, args.campaigns, args.seed)
     contacts = source_contacts(source_url)
     report.update(campaign_ids=campaign_ids, contacts=sum(map(len, contacts.values())))
-    print(f"(a) psql \\copy of the reference query, one process per campaign, for {len(campaign_ids):,} "
-          f"campaigns ({report['contacts']:,} contacts) ...", flush=True)
+    print(
+        f"(a) psql \\copy of the reference query, one process per campaign, for {len(campaign_ids):,} "
+        f"campaigns ({report['contacts']:,} contacts) ...",
+        flush=True,
+    )
     report["a"] = psql_per_campaign(source_url, campaign_ids, contacts, args.reference, work)
     print(f"  (a): {report['a']['wall_s']:.1f} s", flush=True)
     run_dagster_phases(args, work, urls, campaign_ids, contacts, report, services)
@@ -933,17 +1180,29 @@ def measure(args: argparse.Namespace, work: Path, urls: tuple[str, str], report:
 def run_from_revision(revision: str, argv: list[str], args: argparse.Namespace) -> int:
     """Runs this load test from a copy of `revision` (git archive of the whole tree), so that the checkout can
     change while it runs; the copy is removed afterwards."""
-    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", revision], capture_output=True, text=True, check=True
+    ).stdout.strip()
     root = Path(tempfile.mkdtemp(prefix=f"exports-load-code-{rev}-"))
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-    rest = [a for i, a in enumerate(argv) if not (a.startswith("--code") or i and argv[i - 1] == "--code")]
+    rest = [a for i, a in enumerate(argv) if not (a.startswith("--code") or (i and argv[i - 1] == "--code"))]
     env = os.environ | {"LOAD_CODE_REVISION": rev}
     print(f"measuring {rev}, copied to {root}", flush=True)
-    child = subprocess.Popen([sys.executable, str(root / "bench" / "load.py"), *rest, "--results-dir",
-                              str(args.results_dir.resolve()), "--reference", str(args.reference.resolve())],
-                             env=env, cwd=root, start_new_session=True)  # signals reach it once, from here
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            str(root / "bench" / "load.py"),
+            *rest,
+            "--results-dir",
+            str(args.results_dir.resolve()),
+            "--reference",
+            str(args.reference.resolve()),
+        ],
+        env=env,
+        cwd=root,
+        start_new_session=True,
+    )  # signals reach it once, from here
     try:
         return child.wait()
     except KeyboardInterrupt:
@@ -963,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_from_revision(args.code, sys.argv[1:] if argv is None else argv, args)
     # This checkout's package in every process started (the virtualenv's editable install may name another).
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="exports-load-"))
     for folder in ("dagster_home", "exports", "logs"):
         (work / folder).mkdir()
@@ -972,8 +1231,11 @@ def main(argv: list[str] | None = None) -> int:
     urls = (with_database(args.server_url, databases[0]), with_database(args.server_url, databases[1]))
     config = instance_config(args.max_concurrent_runs, args.pool_limit)
     (work / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    report: dict = {"status": "interrupted", "git": os.environ.get("LOAD_CODE_REVISION") or git_revision(),
-                    "settings": settings(config)}
+    report: dict = {
+        "status": "interrupted",
+        "git": os.environ.get("LOAD_CODE_REVISION") or git_revision(),
+        "settings": settings(config),
+    }
     services: list[Service] = []
     try:
         create_databases(admin_url, databases)
@@ -987,8 +1249,10 @@ def main(argv: list[str] | None = None) -> int:
         for service in services:
             service.stop()
         if args.keep:
-            print(f"\nkept: databases {', '.join(databases)}; folders in {work} (DAGSTER_HOME dagster_home, "
-                  "exports, logs)")
+            print(
+                f"\nkept: databases {', '.join(databases)}; folders in {work} (DAGSTER_HOME dagster_home, "
+                "exports, logs)"
+            )
         else:
             drop_databases(admin_url, databases)
             shutil.rmtree(work, ignore_errors=True)

@@ -6,6 +6,7 @@ person (a summary per campaign, reported checks, a progress bar on a terminal) g
 written locations go to stdout, one a line, for scripts. Dagster's event lines go to
 $DAGSTER_HOME/exports-pipeline.log, and to stderr as well with --verbose.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,10 @@ def run_resources(locations: Locations) -> dict:
 
     resources = resources_from_env(os.environ)
     if locations.is_demo:
-        resources |= {"source": SourceDatabase(url=locations.source_url),
-                      "destination": ExportDestination(url=locations.destination)}
+        resources |= {
+            "source": SourceDatabase(url=locations.source_url),
+            "destination": ExportDestination(url=locations.destination),
+        }
     return resources
 
 
@@ -141,8 +144,9 @@ class RunOutput:
         if verbose:
             self._handlers.append(logging.StreamHandler(sys.stderr))
         elif sys.stderr.isatty():
-            # A copy of the terminal: while a step runs, Dagster captures stderr into its compute log.
-            self.progress = ProgressBar(open(os.dup(sys.stderr.fileno()), "w", encoding="utf-8", errors="replace"))
+            # A copy of the terminal: while a step runs, Dagster captures stderr into its compute log. Closed on exit.
+            terminal = open(os.dup(sys.stderr.fileno()), "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+            self.progress = ProgressBar(terminal)
             self._handlers.append(self.progress)
         for handler in self._handlers:
             handler.setFormatter(logging.Formatter(EVENT_FORMAT, "%Y-%m-%d %H:%M:%S %z"))
@@ -190,8 +194,9 @@ def _definitions(handlers: list[logging.Handler], resources: dict):
             events.addHandler(handler)
         return events
 
-    return dg.Definitions.merge(project_definitions(resources),
-                                dg.Definitions(loggers={"console": command_line_events}))
+    return dg.Definitions.merge(
+        project_definitions(resources), dg.Definitions(loggers={"console": command_line_events})
+    )
 
 
 def _export_job(definitions, formats: tuple[str, ...]):
@@ -229,12 +234,19 @@ def _summary(name: str, result, seconds: float) -> ExportSummary:
     materializations = result.asset_materializations_for_node(_export_node())
     rows = [m.metadata["dagster/row_count"].value for m in materializations if "dagster/row_count" in m.metadata]
     notes = [e.description for e in result.get_asset_check_evaluations() if not e.passed and e.description]
-    return ExportSummary(name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations],
-                         seconds, notes)
+    return ExportSummary(
+        name, max(rows, default=None), [str(m.metadata["location"].value) for m in materializations], seconds, notes
+    )
 
 
-def export_through_dagster(locations: Locations, campaign_id: str, config: dict, trigger: str, output: RunOutput,
-                           formats: tuple[str, ...] = DEFAULT_FORMATS) -> ExportSummary:
+def export_through_dagster(
+    locations: Locations,
+    campaign_id: str,
+    config: dict,
+    trigger: str,
+    output: RunOutput,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+) -> ExportSummary:
     """Validate the id, register its partition, run the export job; return what it wrote."""
     from exports_pipeline.defs.config import ExportRunConfig
     from exports_pipeline.defs.partitions import campaigns_partitions
@@ -254,8 +266,12 @@ def export_through_dagster(locations: Locations, campaign_id: str, config: dict,
     with output.showing(campaign.name):
         result = job.execute_in_process(
             run_config={"ops": {_export_node(): {"config": config}}, "loggers": {"console": {}}},
-            instance=instance, partition_key=cid, tags=export_run_tags(cid, trigger, formats, campaign.name),
-            asset_selection=selection, raise_on_error=False)
+            instance=instance,
+            partition_key=cid,
+            tags=export_run_tags(cid, trigger, formats, campaign.name),
+            asset_selection=selection,
+            raise_on_error=False,
+        )
     if not result.success:
         raise ExportError(_failure_message(result))
     return _summary(campaign.name, result, time.monotonic() - started)
@@ -265,8 +281,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     locations = resolve_locations(os.environ)
     with RunOutput(args.verbose) as output:
         formats = tuple(f for f in FORMATS if f in (args.format or DEFAULT_FORMATS))
-        output.report(export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", output,
-                                             formats))
+        output.report(
+            export_through_dagster(locations, args.campaign_id, run_config_for(args), "manual", output, formats)
+        )
     return 0
 
 
@@ -295,15 +312,25 @@ def _latest_snapshots(destination: Destination, campaign_ids: list[str]) -> list
 
 def campaign_lines(page: SearchPage, latest: list[dict | None], destination: Destination) -> list[str]:
     """The listing as a table, then how many campaigns match."""
-    rows = [[c.id, shorten(single_line(c.name), NAME_COLUMNS, char_width), c.status, f"{c.contacts:,}",
-             pointer["snapshot"] if pointer else "-",
-             destination.location(snapshot_folder(c.id, pointer['snapshot'])) if pointer else "-"]
-            for c, pointer in zip(page.campaigns, latest)]
+    rows = [
+        [
+            c.id,
+            shorten(single_line(c.name), NAME_COLUMNS, char_width),
+            c.status,
+            f"{c.contacts:,}",
+            pointer["snapshot"] if pointer else "-",
+            destination.location(snapshot_folder(c.id, pointer["snapshot"])) if pointer else "-",
+        ]
+        for c, pointer in zip(page.campaigns, latest, strict=True)
+    ]
     shown, total = len(rows), page.total
     if not total:
         return ["no campaign matches"]
-    footer = (f"{total:,} campaign{'' if total == 1 else 's'}" if shown == total else
-              f"{shown:,} of {total:,} campaigns shown: narrow with --search or --status, or raise --limit")
+    footer = (
+        f"{total:,} campaign{'' if total == 1 else 's'}"
+        if shown == total
+        else f"{shown:,} of {total:,} campaigns shown: narrow with --search or --status, or raise --limit"
+    )
     return [*table(["ID", "NAME", "STATUS", "CONTACTS", "LATEST SNAPSHOT", "LOCATION"], rows, frozenset({3})), footer]
 
 
@@ -336,7 +363,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     try:
         sizes = mixed_sizes(args.campaigns, args.size_mix, args.seed) if args.size_mix else None
     except ValueError as exc:
-        raise SystemExit(f"exports-pipeline seed: --size-mix: {exc}")
+        raise SystemExit(f"exports-pipeline seed: --size-mix: {exc}") from None
     contacts = sum(sizes) if sizes else args.contacts
     for cid in seed_source(args.url, contacts=contacts, campaigns=args.campaigns, seed=args.seed, sizes=sizes):
         print(cid)
@@ -349,7 +376,9 @@ def _size_mix(text: str) -> list[tuple[float, int, int]]:
         bands = [band.split(":") for band in text.split(",")]
         mix = [(float(share), *map(int, sizes.split("-"))) for share, sizes in bands]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PERCENT:FEWEST-MOST,... such as 90:1-40,10:100-400")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected PERCENT:FEWEST-MOST,... such as 90:1-40,10:100-400"
+        ) from None
     if any(len(band) != 3 for band in mix):
         raise argparse.ArgumentTypeError(f"{text!r}: each band is PERCENT:FEWEST-MOST")
     return mix
@@ -364,64 +393,106 @@ def _positive(text: str) -> int:
 
 def _command(commands, name: str, summary: str, func, parents=(), details: str = "") -> argparse.ArgumentParser:
     """A subcommand whose one-line summary shows in `exports-pipeline --help` and heads its own --help."""
-    command = commands.add_parser(name, help=summary, description=f"{summary} {details}".strip(),
-                                  parents=list(parents))
+    command = commands.add_parser(name, help=summary, description=f"{summary} {details}".strip(), parents=list(parents))
     command.set_defaults(func=func)
     return command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="exports-pipeline", description="Export call and survey campaign results through Dagster.",
-        epilog="`exports-pipeline COMMAND --help` shows a command's options.",
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=20))
-    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    runs = argparse.ArgumentParser(add_help=False)
-    runs.add_argument("-v", "--verbose", action="store_true",
-                      help=f"Also print Dagster's event lines here (always written to $DAGSTER_HOME/{EVENT_LOG}).")
-
-    demo = _command(commands, "demo", "Create the demo source and export every demo campaign.", cmd_demo,
-                    [runs])
-    demo.add_argument("--dir", default=os.environ.get(DEMO_DIR_ENV, "demo"),
-                      help="Folder of the demo source and exports (default ./demo).")
-
-    export = _command(commands, "export", "Export one campaign through Dagster; print the files written.",
-                      cmd_export, [runs])
+def _add_export(commands, runs: argparse.ArgumentParser) -> None:
+    """`export` and its options, the run options of docs/contract.md (section 3, "Run options")."""
+    export = _command(
+        commands, "export", "Export one campaign through Dagster; print the files written.", cmd_export, [runs]
+    )
     export.add_argument("campaign_id", help="The campaign's UUID.")
-    export.add_argument("--format", action="append", choices=FORMATS,
-                        help="A file format to write; repeat for several (default: csv and parquet).")
-    export.add_argument("--states", nargs="+", metavar="STATE",
-                        help=f"Only contacts in these states ({', '.join(CONTACT_STATES)}, or 'terminal').")
+    export.add_argument(
+        "--format",
+        action="append",
+        choices=FORMATS,
+        help="A file format to write; repeat for several (default: csv and parquet).",
+    )
+    export.add_argument(
+        "--states",
+        nargs="+",
+        metavar="STATE",
+        help=f"Only contacts in these states ({', '.join(CONTACT_STATES)}, or 'terminal').",
+    )
     export.add_argument("--updated-from", help="Only contacts updated at or after this ISO 8601 time.")
     export.add_argument("--updated-to", help="Only contacts updated before this ISO 8601 time.")
     export.add_argument("--columns", nargs="+", metavar="COLUMN", help="Only these columns (standard order kept).")
     export.add_argument("--no-bom", action="store_true", help="Write the CSV without a UTF-8 byte-order mark.")
-    export.add_argument("--no-formula-guard", action="store_true",
-                        help="Do not prefix cells starting with = + - @ TAB CR LF with an apostrophe.")
-    export.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.")
+    export.add_argument(
+        "--no-formula-guard",
+        action="store_true",
+        help="Do not prefix cells starting with = + - @ TAB CR LF with an apostrophe.",
+    )
+    export.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"Contacts per batch (default {DEFAULT_BATCH_SIZE}); never changes the output.",
+    )
 
-    campaigns = _command(commands, "campaigns", "List campaigns: status, contacts, latest export.",
-                         cmd_campaigns)
-    campaigns.add_argument("--search", metavar="TEXT", help="Only campaigns whose name or id contains TEXT (any case).")
-    campaigns.add_argument("--status", choices=CAMPAIGN_STATUSES, help="Only campaigns in this status.")
-    campaigns.add_argument("--limit", type=_positive, default=LIST_LIMIT,
-                           help=f"Campaigns listed at most, by name (default {LIST_LIMIT}).")
 
-    link = _command(commands, "link", "Print a download link to a campaign's latest export.", cmd_link,
-                    details="A presigned S3 URL, or the file's path for a local destination.")
-    link.add_argument("campaign_id", help="The campaign's UUID.")
-    link.add_argument("--format", choices=FORMATS, default="csv", help="Which file of the snapshot (default csv).")
-
+def _add_seed(commands) -> None:
+    """`seed`: synthetic sources for the demo, the tests and the benchmarks."""
     seed = _command(commands, "seed", "Generate a synthetic source database (PostgreSQL or SQLite).", cmd_seed)
     seed.add_argument("--url", required=True, help="postgresql://... or sqlite:///path")
     seed.add_argument("--contacts", type=int, help="Contacts in total (the first campaign holds most).")
     seed.add_argument("--campaigns", type=int, default=1, help="Campaigns (default 1).")
-    seed.add_argument("--size-mix", type=_size_mix, metavar="PERCENT:FEWEST-MOST,...",
-                      help="Contacts per campaign by bands instead of --contacts, e.g. 90:1-40,9:100-400,1:2000-4000 "
-                           "(90%% of the campaigns with 1 to 40 contacts...).")
+    seed.add_argument(
+        "--size-mix",
+        type=_size_mix,
+        metavar="PERCENT:FEWEST-MOST,...",
+        help="Contacts per campaign by bands instead of --contacts, e.g. 90:1-40,9:100-400,1:2000-4000 "
+        "(90%% of the campaigns with 1 to 40 contacts...).",
+    )
     seed.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exports-pipeline",
+        description="Export call and survey campaign results through Dagster.",
+        epilog="`exports-pipeline COMMAND --help` shows a command's options.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=20),
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"Also print Dagster's event lines here (always written to $DAGSTER_HOME/{EVENT_LOG}).",
+    )
+
+    demo = _command(commands, "demo", "Create the demo source and export every demo campaign.", cmd_demo, [runs])
+    demo.add_argument(
+        "--dir",
+        default=os.environ.get(DEMO_DIR_ENV, "demo"),
+        help="Folder of the demo source and exports (default ./demo).",
+    )
+
+    _add_export(commands, runs)
+
+    campaigns = _command(commands, "campaigns", "List campaigns: status, contacts, latest export.", cmd_campaigns)
+    campaigns.add_argument("--search", metavar="TEXT", help="Only campaigns whose name or id contains TEXT (any case).")
+    campaigns.add_argument("--status", choices=CAMPAIGN_STATUSES, help="Only campaigns in this status.")
+    campaigns.add_argument(
+        "--limit", type=_positive, default=LIST_LIMIT, help=f"Campaigns listed at most, by name (default {LIST_LIMIT})."
+    )
+
+    link = _command(
+        commands,
+        "link",
+        "Print a download link to a campaign's latest export.",
+        cmd_link,
+        details="A presigned S3 URL, or the file's path for a local destination.",
+    )
+    link.add_argument("campaign_id", help="The campaign's UUID.")
+    link.add_argument("--format", choices=FORMATS, default="csv", help="Which file of the snapshot (default csv).")
+
+    _add_seed(commands)
     return parser
 
 

@@ -1,5 +1,6 @@
 """The code location: every Dagster definition of the project, assembled in one place, and the one place
 settings arrive from the environment (definitions_from_env; the command line builds its own resources)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,9 @@ from exports_pipeline.defs.schedules import nightly_changed_campaigns
 from exports_pipeline.defs.sensors import DEFAULT_SENSOR_INTERVAL_SECONDS, campaign_sensors, sensor_interval_from_env
 
 
-def project_definitions(resources: Mapping[str, dg.ConfigurableResource],
-                        sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) -> dg.Definitions:
+def project_definitions(
+    resources: Mapping[str, dg.ConfigurableResource], sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS
+) -> dg.Definitions:
     """Every definition, with these resources (source, destination, mail) and the sensors' interval."""
     return dg.Definitions(
         assets=[campaign_export],

@@ -6,6 +6,7 @@ dagster/backfill...): Dagster 1.13 has no run-tag policy, and a job's tags are n
 backfill runs. So the export adds the tags its run lacks when it starts (and the campaign's name once
 it has read the campaign), through the instance's public add_run_tags: the Runs page filters on them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -33,8 +34,9 @@ def run_tags(trigger: str, formats: Sequence[str] = DEFAULT_FORMATS) -> dict[str
     return {"trigger": trigger, "formats": ",".join(formats)}
 
 
-def export_run_tags(campaign_id: str, trigger: str, formats: Sequence[str] = DEFAULT_FORMATS,
-                    name: str | None = None) -> dict[str, str]:
+def export_run_tags(
+    campaign_id: str, trigger: str, formats: Sequence[str] = DEFAULT_FORMATS, name: str | None = None
+) -> dict[str, str]:
     """The tags of a run of one campaign, so that run history is the campaign's export history."""
     return {"campaign_id": campaign_id, **campaign_name_tag(name), **run_tags(trigger, formats)}
 

@@ -4,6 +4,7 @@ Standard library only. The bar listens to the export's own progress messages ("N
 logged by the asset every few seconds while it writes) through the command's Dagster logger, so the
 command needs no hook into the export itself.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,13 +66,14 @@ class ProgressBar(logging.Handler):
         state = "exporting"
         if self.total:
             filled = BAR_CELLS * self.done // self.total
-            state = (f"[{'#' * filled}{'-' * (BAR_CELLS - filled)}] {self.done * 100 // self.total:3d}%  "
-                     f"{self.done:,} of {self.total:,} rows")
+            state = (
+                f"[{'#' * filled}{'-' * (BAR_CELLS - filled)}] {self.done * 100 // self.total:3d}%  "
+                f"{self.done:,} of {self.total:,} rows"
+            )
         tail = f"  {state}  {time.monotonic() - self.started:.0f} s"
         room = self._columns() - len(tail) - 1  # a full line would wrap, which \r cannot undo
         self.stream.write(ERASE_LINE + shorten(self.label, max(room, 1), char_width) + tail)
         self.stream.flush()
-
 
     def _columns(self) -> int:
         try:
@@ -83,7 +85,7 @@ class ProgressBar(logging.Handler):
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> list[str]:
     """Lines of aligned columns, measured in terminal columns so that CJK and emoji names line up;
     the columns numbered in right (numbers) are aligned right, the last column is not padded."""
-    widths = [max(text_width(cell) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(text_width(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def pad(cell: str, index: int) -> str:
         room = " " * (widths[index] - text_width(cell))

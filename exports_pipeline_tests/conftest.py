@@ -1,5 +1,6 @@
 """Shared fixtures: every test run makes its own PostgreSQL databases and drops them; a running
 production deployment (dagster-daemon on the top-level dagster.yaml) for the daemon tests."""
+
 from __future__ import annotations
 
 import os
@@ -142,8 +143,9 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 @contextmanager
-def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, now, settings: dict | None = None,
-                       env: dict | None = None) -> Iterator[Deployment]:
+def running_deployment(
+    home: Path, *, contacts: int, campaigns: int, seed: int, now, settings: dict | None = None, env: dict | None = None
+) -> Iterator[Deployment]:
     """`dagster-daemon run` (and nothing else) with the top-level dagster.yaml (its sections merged with
     settings) in DAGSTER_HOME=home, the repository's workspace.yaml, a seeded PostgreSQL source, storage in
     a PostgreSQL database of its own and a local destination; stopped and dropped on exit."""
@@ -155,10 +157,16 @@ def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, 
     storage_db, source_db = create_database(), create_database()
     source_url = _server_url(source_db)
     env = {
-        "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.hostname, "DAGSTER_PG_PORT": str(server.port or 5432),
-        "DAGSTER_PG_USER": server.username or "postgres", "DAGSTER_PG_PASSWORD": server.password or "",
-        "DAGSTER_PG_DB": storage_db, "EXPORTS_SOURCE_URL": source_url, "EXPORTS_DESTINATION": str(home / "exports"),
-        "EXPORTS_SENSOR_INTERVAL_SECONDS": "5", **(env or {}),
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": server.hostname,
+        "DAGSTER_PG_PORT": str(server.port or 5432),
+        "DAGSTER_PG_USER": server.username or "postgres",
+        "DAGSTER_PG_PASSWORD": server.password or "",
+        "DAGSTER_PG_DB": storage_db,
+        "EXPORTS_SOURCE_URL": source_url,
+        "EXPORTS_DESTINATION": str(home / "exports"),
+        "EXPORTS_SENSOR_INTERVAL_SECONDS": "5",
+        **(env or {}),
     }
     daemon = None
     try:
@@ -170,9 +178,14 @@ def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, 
             instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
             log = home / "daemon.log"
             with open(log, "wb") as out:
-                daemon = subprocess.Popen([BIN / "dagster-daemon", "run", "-w", REPO / "workspace.yaml"], cwd=home,
-                                          env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                daemon = subprocess.Popen(
+                    [BIN / "dagster-daemon", "run", "-w", REPO / "workspace.yaml"],
+                    cwd=home,
+                    env={**os.environ, **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             yield Deployment(home, {**os.environ, **env}, instance, source_url, home / "exports", seeded, log)
     finally:
         if daemon is not None:  # the daemon, its code server and run workers share its process group
@@ -193,8 +206,12 @@ def running_deployment(home: Path, *, contacts: int, campaigns: int, seed: int, 
 # Everything else is a unit test. Each test ends with exactly one layer mark, so `-m` never runs it twice.
 LAYERS = ("unit", "dagster", "integration")
 SERVER_FIXTURES = {
-    "make_pg_database": "PostgreSQL", "s3_endpoint": "the S3 API server", "strict_s3": "the S3 API server",
-    "smtp_server": "the SMTP server", "deployment": "the daemon", "stack": "the webserver and the browser",
+    "make_pg_database": "PostgreSQL",
+    "s3_endpoint": "the S3 API server",
+    "strict_s3": "the S3 API server",
+    "smtp_server": "the SMTP server",
+    "deployment": "the daemon",
+    "stack": "the webserver and the browser",
 }
 
 
@@ -215,5 +232,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(layer)
         others = {m.name for m in item.iter_markers() if m.name in LAYERS} - {layer}
         if others:  # set on a module or class, which every test there shares
-            raise pytest.UsageError(f"{item.nodeid} is a {layer} test but its module or class marks it "
-                                    f"{' and '.join(sorted(others))}: mark its tests one by one")
+            raise pytest.UsageError(
+                f"{item.nodeid} is a {layer} test but its module or class marks it "
+                f"{' and '.join(sorted(others))}: mark its tests one by one"
+            )

@@ -1,5 +1,6 @@
 """Bad input: each case fails with a message that names what is wrong and leaves no output behind;
 row anomalies never fail an export; secrets never show (issue 8)."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ BAD_SOURCES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.integration) if case == "unknown database"
-                                  else case for case in BAD_SOURCES])  # only that one reaches PostgreSQL
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(case, marks=pytest.mark.integration) if case == "unknown database" else case for case in BAD_SOURCES],
+)  # only that one reaches PostgreSQL
 def test_bad_source_urls_fail_clearly_without_echoing_the_password(tmp_path, case):
     url, named = BAD_SOURCES[case]
     with pytest.raises(ExportError, match=named) as error:
@@ -63,11 +66,14 @@ def test_destination_that_is_not_a_folder_fails_and_publishes_nothing(awkward_pg
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("column, sql", [
-    ("contacts.phone_number", "ALTER TABLE contacts DROP COLUMN phone_number"),
-    ("table campaigns", "DROP TABLE campaigns"),
-    ("survey_questions.prompt", "ALTER TABLE survey_questions RENAME COLUMN prompt TO text"),
-])
+@pytest.mark.parametrize(
+    "column, sql",
+    [
+        ("contacts.phone_number", "ALTER TABLE contacts DROP COLUMN phone_number"),
+        ("table campaigns", "DROP TABLE campaigns"),
+        ("survey_questions.prompt", "ALTER TABLE survey_questions RENAME COLUMN prompt TO text"),
+    ],
+)
 def test_schema_errors_name_the_table_or_column(awkward_pg, tmp_path, column, sql):
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         conn.execute(sql)
@@ -77,7 +83,7 @@ def test_schema_errors_name_the_table_or_column(awkward_pg, tmp_path, column, sq
 
 
 def test_a_megabyte_text_value_is_exported_whole(awkward_pg, tmp_path):
-    big = "é" * 1_000_000 + ",\"end\""
+    big = "é" * 1_000_000 + ',"end"'
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         conn.execute("UPDATE contacts SET name = %s WHERE id = %s", (big, K3))
     published = _export(awkward_pg, tmp_path)
@@ -90,10 +96,17 @@ def test_secrets_never_reach_logs_metadata_manifests_or_errors(awkward_pg, tmp_p
     destination = tmp_path / "exports"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1, "d0000000-0000-4000-8000-000000000000"])
-        runs = [dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=key, raise_on_error=False,
-                               resources={"source": SourceDatabase(url=url),
-                                          "destination": ExportDestination(url=str(destination))})
-                for key in (C1, "d0000000-0000-4000-8000-000000000000")]
+        runs = [
+            dg.materialize(
+                [campaign_export],
+                selection=DEFAULT_EXPORT_KEYS,
+                instance=instance,
+                partition_key=key,
+                raise_on_error=False,
+                resources={"source": SourceDatabase(url=url), "destination": ExportDestination(url=str(destination))},
+            )
+            for key in (C1, "d0000000-0000-4000-8000-000000000000")
+        ]
         assert runs[0].success and not runs[1].success
         texts = []
         for run in runs:

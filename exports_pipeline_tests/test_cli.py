@@ -1,4 +1,5 @@
 """The exports-pipeline command, run as a user runs it: a process, from a temporary folder."""
+
 from __future__ import annotations
 
 import fcntl
@@ -28,8 +29,11 @@ CLI = shutil.which("exports-pipeline") or str(Path(sys.executable).with_name("ex
 
 
 def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION", "DAGSTER_HOME", "EXPORTS_DEMO_DIR")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION", "DAGSTER_HOME", "EXPORTS_DEMO_DIR")
+    }
     environ.update(env)
     return subprocess.run([CLI, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
 
@@ -64,8 +68,9 @@ def test_demo_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
     assert {r.tags["campaign_id"] for r in runs} == campaigns and {r.tags["trigger"] for r in runs} == {"manual"}
     with open_catalog(f"sqlite:///{tmp_path / 'demo' / 'source.sqlite'}") as catalog:
         names = catalog.names(sorted(campaigns))
-    assert all({"campaign_name": r.tags["campaign_name"]} == campaign_name_tag(names[r.tags["campaign_id"]])
-               for r in runs)
+    assert all(
+        {"campaign_name": r.tags["campaign_name"]} == campaign_name_tag(names[r.tags["campaign_id"]]) for r in runs
+    )
 
 
 @pytest.mark.dagster
@@ -89,13 +94,16 @@ def test_demo_prints_a_short_summary_per_campaign_and_keeps_dagster_events_in_a_
         rows = json.loads((exports / latest["manifest"]).read_text())["files"][0]["rows"]
         summary = next(line for line in summaries if line.startswith(name + ": "))
         assert re.fullmatch(rf"{re.escape(name)}: {rows:,} rows, 3 files, \d+\.\d s", summary)
-        assert {str(folder / latest["snapshot"] / file) for file in ("campaign_results.csv", "campaign_results.parquet",
-                                                                     "campaign_stats.json")} <= set(out)
+        assert {
+            str(folder / latest["snapshot"] / file)
+            for file in ("campaign_results.csv", "campaign_results.parquet", "campaign_stats.json")
+        } <= set(out)
     assert len(summaries) == 4 and out[-1] == f"exported 4 demo campaigns to {exports}" and len(out) == 13
     # The seeded awkward phone numbers and a transcript that is not an object: reported, each on one line.
     assert notes and all(note.endswith("(reported, not blocking)") for note in notes)
-    assert any(re.fullmatch(r"\d+ phone numbers are not E\.164, [\d.]+% of rows \(reported, not blocking\)", n)
-               for n in notes)
+    assert any(
+        re.fullmatch(r"\d+ phone numbers are not E\.164, [\d.]+% of rows \(reported, not blocking\)", n) for n in notes
+    )
     assert " - dagster - " not in result.stderr and "Telemetry" not in result.stderr
     assert "RUN_SUCCESS" in log.read_text()
 
@@ -121,8 +129,9 @@ def test_campaigns_lists_the_demo_campaigns_with_their_latest_snapshot(tmp_path)
         found = run_cli(["campaigns", *search], tmp_path)
         assert [row[0] for row in table_rows(found.stdout)] == [tokyo.id], found.stdout
     by_status = run_cli(["campaigns", "--status", tokyo.status], tmp_path)
-    assert {row[0] for row in table_rows(by_status.stdout)} == {c.id for c in campaigns.values()
-                                                                if c.status == tokyo.status}
+    assert {row[0] for row in table_rows(by_status.stdout)} == {
+        c.id for c in campaigns.values() if c.status == tokyo.status
+    }
     assert run_cli(["campaigns", "--search", "no such campaign"], tmp_path).stdout == "no campaign matches\n"
 
 
@@ -136,10 +145,12 @@ def test_export_prints_locations_and_records_the_run(pg_url, tmp_path):
     assert Path(printed[0]).read_bytes() == awkward.expected_csv()
     summary, *notes, log_line = result.stderr.splitlines()
     assert re.fullmatch(r'Spring, "promo" line: 4 rows, 2 files, \d+\.\d s', summary)
-    assert notes == ["  row anomalies: 1 call attempt of another campaign's contact, 1 answer of another campaign's "
-                     "contact, 2 answers to no question, 1 transcript not a JSON object, 1 transcript text not a "
-                     "string (reported, not blocking)",
-                     "  3 phone numbers are not E.164, 75.0% of rows (reported, not blocking)"]
+    assert notes == [
+        "  row anomalies: 1 call attempt of another campaign's contact, 1 answer of another campaign's "
+        "contact, 2 answers to no question, 1 transcript not a JSON object, 1 transcript text not a "
+        "string (reported, not blocking)",
+        "  3 phone numbers are not E.164, 75.0% of rows (reported, not blocking)",
+    ]
     assert log_line.startswith("Dagster's event lines: ")
 
     verbose = run_cli(["export", C1, "--format", "csv", "--verbose"], tmp_path, **env)
@@ -153,9 +164,13 @@ def test_a_long_export_on_a_terminal_shows_a_progress_bar_then_only_the_summary(
     terminal, stderr = pty.openpty()
     fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    process = subprocess.Popen([CLI, "export", C1, "--format", "csv"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=stderr, env={**environ, "EXPORTS_SOURCE_URL": pg_url,
-                                                   "EXPORTS_DESTINATION": str(tmp_path / "out")})
+    process = subprocess.Popen(
+        [CLI, "export", C1, "--format", "csv"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**environ, "EXPORTS_SOURCE_URL": pg_url, "EXPORTS_DESTINATION": str(tmp_path / "out")},
+    )
     os.close(stderr)
     shown = b""
     while chunk := _read(terminal):
@@ -166,9 +181,9 @@ def test_a_long_export_on_a_terminal_shows_a_progress_bar_then_only_the_summary(
     # A slow machine redraws the full bar as its seconds go by: what follows the last drawing counts.
     bars = list(re.finditer(r"\r\x1b\[KSpring, \"promo\" line  \[#{24}\] 100%  4 of 4 rows  \d+ s", screen))
     assert bars, repr(screen)
-    after = screen[bars[-1].end():]  # the bar is erased, then the same summary as without a terminal
+    after = screen[bars[-1].end() :]  # the bar is erased, then the same summary as without a terminal
     assert re.match(r'\r\x1b\[KSpring, "promo" line: 4 rows, 2 files, \d+\.\d s\r\n', after), repr(after)
-    assert "\x1b" not in after[len("\r\x1b[K"):]
+    assert "\x1b" not in after[len("\r\x1b[K") :]
 
 
 def _read(fd: int) -> bytes:
@@ -180,23 +195,29 @@ def _read(fd: int) -> bytes:
 
 
 @pytest.mark.dagster
-@pytest.mark.parametrize("present, missing", [("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION"),
-                                              ("EXPORTS_DESTINATION", "EXPORTS_SOURCE_URL")])
+@pytest.mark.parametrize(
+    "present, missing", [("EXPORTS_SOURCE_URL", "EXPORTS_DESTINATION"), ("EXPORTS_DESTINATION", "EXPORTS_SOURCE_URL")]
+)
 def test_one_setting_without_the_other_is_refused_naming_it(tmp_path, present, missing):
-    result = run_cli(["export", C1], tmp_path, **{present: "postgresql://x@127.0.0.1/x" if "SOURCE" in present
-                                                 else str(tmp_path)})
+    result = run_cli(
+        ["export", C1], tmp_path, **{present: "postgresql://x@127.0.0.1/x" if "SOURCE" in present else str(tmp_path)}
+    )
     assert result.returncode != 0
     assert f"{missing} is not set" in result.stderr
 
 
-@pytest.mark.parametrize("campaign, message", [
-    ("d0000000-0000-4000-8000-000000000000", "campaign d0000000-0000-4000-8000-000000000000 is not in the source"),
-    ("../../etc", "campaign id '../../etc' is not a UUID"),
-])
+@pytest.mark.parametrize(
+    "campaign, message",
+    [
+        ("d0000000-0000-4000-8000-000000000000", "campaign d0000000-0000-4000-8000-000000000000 is not in the source"),
+        ("../../etc", "campaign id '../../etc' is not a UUID"),
+    ],
+)
 def test_export_of_a_bad_id_fails_without_writing_or_registering(pg_url, tmp_path, campaign, message):
     awkward.load(pg_url)
-    result = run_cli(["export", campaign], tmp_path, EXPORTS_SOURCE_URL=pg_url,
-                     EXPORTS_DESTINATION=str(tmp_path / "out"))
+    result = run_cli(
+        ["export", campaign], tmp_path, EXPORTS_SOURCE_URL=pg_url, EXPORTS_DESTINATION=str(tmp_path / "out")
+    )
     assert result.returncode != 0 and message in result.stderr
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / ".dagster_home").exists()  # no instance touched, so no partition registered
@@ -227,27 +248,44 @@ def test_campaigns_finds_any_part_of_a_name_or_id_among_50000(pg_url, tmp_path, 
             "                                 WHEN g %% 997 = 0 THEN 'Autumn SPRING survey (copy) ' || g "
             "                                 ELSE 'Campaign ' || g END, "
             "       md5('o' || g)::uuid, (%s::text[])[g %% 6 + 1], now(), now() FROM generate_series(1, 49996) g",
-            (list(CAMPAIGN_STATUSES),))
-        conn.execute("INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) VALUES "
-                     "(gen_random_uuid(), '100% done', gen_random_uuid(), 'running', now(), now()), "
-                     "(gen_random_uuid(), '1000 done', gen_random_uuid(), 'running', now(), now()), "
-                     "(gen_random_uuid(), 'snake_case', gen_random_uuid(), 'running', now(), now()), "
-                     "(gen_random_uuid(), 'snakeXcase', gen_random_uuid(), 'running', now(), now())")
+            (list(CAMPAIGN_STATUSES),),
+        )
+        conn.execute(
+            "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) VALUES "
+            "(gen_random_uuid(), '100% done', gen_random_uuid(), 'running', now(), now()), "
+            "(gen_random_uuid(), '1000 done', gen_random_uuid(), 'running', now(), now()), "
+            "(gen_random_uuid(), 'snake_case', gen_random_uuid(), 'running', now(), now()), "
+            "(gen_random_uuid(), 'snakeXcase', gen_random_uuid(), 'running', now(), now())"
+        )
         conn.execute(  # Spring Survey N has N / 1000 contacts
             "INSERT INTO contacts (id, campaign_id, phone_number, state, attempt_count, created_at, updated_at) "
             "SELECT gen_random_uuid(), c.id, '+15550000000', 'pending', 0, now(), now() "
             "FROM campaigns c JOIN generate_series(1, 50) k ON k <= split_part(c.name, ' ', 3)::int / 1000 "
-            "WHERE c.name LIKE 'Spring Survey %'")
+            "WHERE c.name LIKE 'Spring Survey %'"
+        )
         everything = conn.execute("SELECT id::text, name, status FROM campaigns").fetchall()
     assert len(everything) == 50_000
 
     def expected(text: str, status: str | None = None) -> list[tuple[str, str, str]]:
-        return sorted((row for row in everything if (text.casefold() in row[1].casefold() or text.lower() in row[0])
-                       and status in (None, row[2])), key=lambda row: (row[1].lower(), row[0]))
+        return sorted(
+            (
+                row
+                for row in everything
+                if (text.casefold() in row[1].casefold() or text.lower() in row[0]) and status in (None, row[2])
+            ),
+            key=lambda row: (row[1].lower(), row[0]),
+        )
 
     some_id = everything[12_345][0]
-    searches = [("spring SURVEY", None, 10), ("Spring survey", "running", 100), (some_id.upper(), None, 5),
-                (some_id[9:23], None, 5), ("100%", None, 5), ("snake_", None, 5), ("", "paused", 3)]
+    searches = [
+        ("spring SURVEY", None, 10),
+        ("Spring survey", "running", 100),
+        (some_id.upper(), None, 5),
+        (some_id[9:23], None, 5),
+        ("100%", None, 5),
+        ("snake_", None, 5),
+        ("", "paused", 3),
+    ]
     timings = []
     with open_catalog(pg_url) as catalog:
         for text, status, limit in searches:
@@ -257,24 +295,33 @@ def test_campaigns_finds_any_part_of_a_name_or_id_among_50000(pg_url, tmp_path, 
             matches = expected(text, status)
             assert page.total == len(matches) and page.total > 0
             assert [(c.id, c.name, c.status) for c in page.campaigns] == matches[:limit]
-            assert all(c.contacts == (int(c.name.split()[2]) // 1000 if c.name.startswith("Spring Survey ") else 0)
-                       for c in page.campaigns)
+            assert all(
+                c.contacts == (int(c.name.split()[2]) // 1000 if c.name.startswith("Spring Survey ") else 0)
+                for c in page.campaigns
+            )
     assert [c.name for c in catalog_page(pg_url, "100%")] == ["100% done"]  # LIKE's own characters match themselves
     assert [c.name for c in catalog_page(pg_url, "snake_")] == ["snake_case"]
 
     started = time.perf_counter()
-    listed = run_cli(["campaigns", "--search", "spring SURVEY", "--limit", "3"], tmp_path, EXPORTS_SOURCE_URL=pg_url,
-                     EXPORTS_DESTINATION=str(tmp_path / "out"))
+    listed = run_cli(
+        ["campaigns", "--search", "spring SURVEY", "--limit", "3"],
+        tmp_path,
+        EXPORTS_SOURCE_URL=pg_url,
+        EXPORTS_DESTINATION=str(tmp_path / "out"),
+    )
     command_seconds = time.perf_counter() - started
     assert listed.returncode == 0, listed.stderr
     first = expected("spring SURVEY")[:3]
     assert [row[:3] for row in table_rows(listed.stdout)] == [list(row) for row in first]
     assert all(row[4:] == ["-", "-"] for row in table_rows(listed.stdout))  # never exported
-    assert listed.stdout.splitlines()[-1] == (f"3 of {len(expected('spring SURVEY'))} campaigns shown: "
-                                              "narrow with --search or --status, or raise --limit")
+    assert listed.stdout.splitlines()[-1] == (
+        f"3 of {len(expected('spring SURVEY'))} campaigns shown: narrow with --search or --status, or raise --limit"
+    )
     with capsys.disabled():  # measured, not asserted: the suite shares the machine
-        print(f"\ncampaigns search at 50,000 campaigns: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}; "
-              f"the command: {command_seconds:.2f} s")
+        print(
+            f"\ncampaigns search at 50,000 campaigns: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}; "
+            f"the command: {command_seconds:.2f} s"
+        )
 
 
 def catalog_page(url: str, text: str):

@@ -1,5 +1,6 @@
 """Campaign ids (core/ids.py), run tags (run_tags.py) and how runs are grouped (defs/run_requests.stretches):
 plain functions, no server, no Dagster run."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,18 +18,21 @@ def test_plain_uuid_forms_give_the_canonical_lowercase_id(raw):
     assert parse_campaign_id(raw) == CID
 
 
-@pytest.mark.parametrize("raw", [
-    "{" + CID + "}",  # braces, urn: and other spellings uuid.UUID accepts are not ids
-    "urn:uuid:" + CID,
-    CID + "0",
-    CID[:-1],
-    CID.replace("c", "g", 1),
-    "",
-    "   ",
-    "'; DROP TABLE campaigns; --",
-    "../" + CID,
-    "c1000000-0000-4000-8000-00000000000１",  # a fullwidth digit
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{" + CID + "}",  # braces, urn: and other spellings uuid.UUID accepts are not ids
+        "urn:uuid:" + CID,
+        CID + "0",
+        CID[:-1],
+        CID.replace("c", "g", 1),
+        "",
+        "   ",
+        "'; DROP TABLE campaigns; --",
+        "../" + CID,
+        "c1000000-0000-4000-8000-00000000000１",  # a fullwidth digit
+    ],
+)
 def test_anything_else_is_refused_naming_the_value(raw):
     with pytest.raises(InvalidInputError) as error:
         parse_campaign_id(raw)
@@ -41,9 +45,8 @@ def test_run_tags_join_formats_in_the_order_given():
 
 
 def test_export_run_tags_name_the_campaign_on_one_line():
-    tags = export_run_tags(CID, "sensor", ("csv",), name="Été\r\n2026, \"promo\" 🎉")
-    assert tags == {"campaign_id": CID, "campaign_name": "Été 2026, \"promo\" 🎉", "trigger": "sensor",
-                    "formats": "csv"}
+    tags = export_run_tags(CID, "sensor", ("csv",), name='Été\r\n2026, "promo" 🎉')
+    assert tags == {"campaign_id": CID, "campaign_name": 'Été 2026, "promo" 🎉', "trigger": "sensor", "formats": "csv"}
     assert "campaign_name" not in export_run_tags(CID, "sensor", name=None)
     assert "campaign_name" not in export_run_tags(CID, "sensor", name="\t \n")
 
@@ -53,14 +56,17 @@ def test_a_name_tag_never_exceeds_the_limit_dagster_means_for_tags():
         assert len(campaign_name_tag(name)["campaign_name"]) <= 63
 
 
-@pytest.mark.parametrize("tags, trigger", [
-    ({}, "manual"),
-    ({"dagster/partition": CID}, "manual"),
-    ({"dagster/schedule_name": "nightly"}, "schedule"),
-    ({"dagster/sensor_name": "campaign_completed_sensor"}, "sensor"),
-    ({"dagster/backfill": "abc", "dagster/sensor_name": "s"}, "backfill"),  # a backfill whoever started it
-    ({"dagster/schedule_name": "n", "dagster/sensor_name": "s"}, "schedule"),
-])
+@pytest.mark.parametrize(
+    "tags, trigger",
+    [
+        ({}, "manual"),
+        ({"dagster/partition": CID}, "manual"),
+        ({"dagster/schedule_name": "nightly"}, "schedule"),
+        ({"dagster/sensor_name": "campaign_completed_sensor"}, "sensor"),
+        ({"dagster/backfill": "abc", "dagster/sensor_name": "s"}, "backfill"),  # a backfill whoever started it
+        ({"dagster/schedule_name": "n", "dagster/sensor_name": "s"}, "schedule"),
+    ],
+)
 def test_trigger_of_reads_dagsters_own_tags(tags, trigger):
     assert trigger_of(tags) == trigger
 
@@ -68,17 +74,20 @@ def test_trigger_of_reads_dagsters_own_tags(tags, trigger):
 ORDER = [f"k{i:02d}" for i in range(10)]
 
 
-@pytest.mark.parametrize("wanted, size, runs", [
-    ([], 100, []),
-    (["k03"], 100, [["k03"]]),
-    (["k01", "k02", "k03"], 100, [["k01", "k02", "k03"]]),
-    (["k03", "k01", "k02"], 100, [["k01", "k02", "k03"]]),  # partition order, not the order asked
-    (["k01", "k02", "k04", "k05"], 100, [["k01", "k02"], ["k04", "k05"]]),  # k03 needs no export: cut there
-    (["k00", "k01", "k02", "k03", "k04"], 2, [["k00", "k01"], ["k02", "k03"], ["k04"]]),
-    (["k01", "k01", "k02"], 100, [["k01", "k02"]]),  # asked twice, exported once
-    (["gone", "k05"], 100, [["k05"]]),  # a campaign no longer among the partitions is left out
-    (["gone"], 100, []),
-])
+@pytest.mark.parametrize(
+    "wanted, size, runs",
+    [
+        ([], 100, []),
+        (["k03"], 100, [["k03"]]),
+        (["k01", "k02", "k03"], 100, [["k01", "k02", "k03"]]),
+        (["k03", "k01", "k02"], 100, [["k01", "k02", "k03"]]),  # partition order, not the order asked
+        (["k01", "k02", "k04", "k05"], 100, [["k01", "k02"], ["k04", "k05"]]),  # k03 needs no export: cut there
+        (["k00", "k01", "k02", "k03", "k04"], 2, [["k00", "k01"], ["k02", "k03"], ["k04"]]),
+        (["k01", "k01", "k02"], 100, [["k01", "k02"]]),  # asked twice, exported once
+        (["gone", "k05"], 100, [["k05"]]),  # a campaign no longer among the partitions is left out
+        (["gone"], 100, []),
+    ],
+)
 def test_stretches_are_runs_of_consecutive_partitions_at_most_size_long(wanted, size, runs):
     assert stretches(wanted, ORDER, size) == runs
 

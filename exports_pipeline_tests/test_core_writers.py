@@ -1,6 +1,7 @@
 """The file writers (core/writers.py, SPEC section 3) on small frames of awkward values: the CSV byte for byte
 (quotes, commas, CR/LF, empty versus null, the formula guard, money and durations as exact decimals), gzip,
 JSON Lines, Parquet and Excel's cell limit. Plain functions, no server."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,8 +23,7 @@ from exports_pipeline.core.writers import (
     fit_excel_cell,
 )
 
-COLUMNS = ["contact_id", "name", "phone_number", "call_cost_usd", "call_duration_seconds", "completed_at",
-           "q1_answer"]
+COLUMNS = ["contact_id", "name", "phone_number", "call_cost_usd", "call_duration_seconds", "completed_at", "q1_answer"]
 HEADER = b"contact_id,name,phone_number,call_cost_usd,call_duration_seconds,completed_at,q1_answer\n"
 BOM = b"\xef\xbb\xbf"
 
@@ -31,9 +31,19 @@ BOM = b"\xef\xbb\xbf"
 def rows(*records: tuple) -> pl.DataFrame:
     """Export rows as the transform gives them: money in integer units, durations in milliseconds."""
     names = ["contact_id", "name", "phone_number", "call_cost_units", "call_duration_ms", "completed_at", "q1_answer"]
-    frame = pl.DataFrame([dict(zip(names, r)) for r in records], schema={
-        "contact_id": pl.String, "name": pl.String, "phone_number": pl.String, "call_cost_units": pl.Int64,
-        "call_duration_ms": pl.Int64, "completed_at": pl.Int64, "q1_answer": pl.String}, orient="row")
+    frame = pl.DataFrame(
+        [dict(zip(names, r, strict=True)) for r in records],
+        schema={
+            "contact_id": pl.String,
+            "name": pl.String,
+            "phone_number": pl.String,
+            "call_cost_units": pl.Int64,
+            "call_duration_ms": pl.Int64,
+            "completed_at": pl.Int64,
+            "q1_answer": pl.String,
+        },
+        orient="row",
+    )
     return frame.with_columns(pl.col("completed_at").cast(UTC_US))
 
 
@@ -48,16 +58,17 @@ AWKWARD = rows(
 EXPECTED_CSV = (
     HEADER
     + b'k1,"Smith, ""Jo""",+33612345678,1.2345,1.500,2026-01-02T03:04:05.678Z,\'=1+1\n'
-    + b"k2,\"\",'+1-555,-0.0005,,,\n"
+    + b'k2,"",\'+1-555,-0.0005,,,\n'
     + b'k3,"line1\r\nline2",555-1234,0.0000,0.000,1969-12-31T23:59:59.999Z,\'@SUM(A1)\n'
     + b"k4,'\tTab,'-42,99999999.9999,59.999,1970-01-01T00:00:00.000Z,'-5\n"
-    + "k5,Zoë 東京 🎉,,,86400.000,2026-01-02T03:04:05.678Z,\"ok, fine\"\n".encode()
+    + 'k5,Zoë 東京 🎉,,,86400.000,2026-01-02T03:04:05.678Z,"ok, fine"\n'.encode()
 )
 
 
 def write_csv(path, batches, **options) -> bytes:
-    writer = CsvWriter(path, COLUMNS, options.get("bom", True), options.get("formula_guard", True),
-                       options.get("compress", False))
+    writer = CsvWriter(
+        path, COLUMNS, options.get("bom", True), options.get("formula_guard", True), options.get("compress", False)
+    )
     for batch in batches:
         writer.write(batch)
     writer.close(AWKWARD.head(0))
@@ -89,24 +100,40 @@ def test_gzip_csv_is_the_same_bytes_and_reproducible(tmp_path):
     assert first == second  # no time or file name in the gzip header
 
 
-@pytest.mark.parametrize("value, guarded", [
-    ("=cmd|' /C calc'!A0", True), ("+1", True), ("-1", True), ("@x", True), ("\tx", True), ("\rx", True),
-    ("\nx", True), (" =x", False), ("a=b", False), ("'=x", False), ("", False), ("＝x", False),  # fullwidth
-])
+@pytest.mark.parametrize(
+    "value, guarded",
+    [
+        ("=cmd|' /C calc'!A0", True),
+        ("+1", True),
+        ("-1", True),
+        ("@x", True),
+        ("\tx", True),
+        ("\rx", True),
+        ("\nx", True),
+        (" =x", False),
+        ("a=b", False),
+        ("'=x", False),
+        ("", False),
+        ("＝x", False),  # fullwidth
+    ],
+)
 def test_the_formula_guard_prefixes_an_apostrophe_to_formula_starts(value, guarded):
     shown = csv_frame(rows(("k", value, None, None, None, None, value)), ["name", "q1_answer"], True, False)
     assert shown.row(0) == (("'" + value,) * 2 if guarded else (value, value))
 
 
-@pytest.mark.parametrize("phone, shown", [
-    ("+33612345678", "+33612345678"),  # valid E.164: left alone
-    ("+123456789012345", "+123456789012345"),  # 15 digits, the most E.164 allows
-    ("+1234567890123456", "'+1234567890123456"),  # 16 digits: not a phone number, guarded
-    ("+0612345678", "'+0612345678"),  # no country code starts with 0
-    ("+33 6 12 34 56 78", "'+33 6 12 34 56 78"),
-    ("-33612345678", "'-33612345678"),
-    ("0612345678", "0612345678"),
-])
+@pytest.mark.parametrize(
+    "phone, shown",
+    [
+        ("+33612345678", "+33612345678"),  # valid E.164: left alone
+        ("+123456789012345", "+123456789012345"),  # 15 digits, the most E.164 allows
+        ("+1234567890123456", "'+1234567890123456"),  # 16 digits: not a phone number, guarded
+        ("+0612345678", "'+0612345678"),  # no country code starts with 0
+        ("+33 6 12 34 56 78", "'+33 6 12 34 56 78"),
+        ("-33612345678", "'-33612345678"),
+        ("0612345678", "0612345678"),
+    ],
+)
 def test_valid_e164_phone_numbers_keep_their_plus(phone, shown):
     assert csv_frame(rows(("k", None, phone, None, None, None, None)), ["phone_number"], True, False).item() == shown
 
@@ -123,9 +150,15 @@ def test_json_lines_keep_native_values_and_exact_money(tmp_path):
     lines = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == writer.rows == 5
-    assert records[0] == {"contact_id": "k1", "name": 'Smith, "Jo"', "phone_number": "+33612345678",
-                          "call_cost_usd": "1.2345", "call_duration_seconds": 1.5,
-                          "completed_at": "2026-01-02T03:04:05.678901Z", "q1_answer": "=1+1"}  # never guarded
+    assert records[0] == {
+        "contact_id": "k1",
+        "name": 'Smith, "Jo"',
+        "phone_number": "+33612345678",
+        "call_cost_usd": "1.2345",
+        "call_duration_seconds": 1.5,
+        "completed_at": "2026-01-02T03:04:05.678901Z",
+        "q1_answer": "=1+1",
+    }  # never guarded
     assert records[1]["name"] == "" and records[1]["q1_answer"] is None and records[1]["call_duration_seconds"] is None
     assert records[2]["name"] == "line1\r\nline2" and records[2]["completed_at"] == "1969-12-31T23:59:59.999999Z"
     assert records[3]["call_cost_usd"] == "99999999.9999"
@@ -145,8 +178,13 @@ def test_parquet_holds_native_types_exact_decimals_and_infinity(tmp_path):
     writer.close(AWKWARD.head(0))
     table = pq.read_table(tmp_path / "a.parquet")
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 2  # one per batch
-    assert table.column("call_cost_usd").to_pylist() == [Decimal("1.2345"), Decimal("-0.0005"), Decimal("0.0000"),
-                                                         Decimal("99999999.9999"), None]
+    assert table.column("call_cost_usd").to_pylist() == [
+        Decimal("1.2345"),
+        Decimal("-0.0005"),
+        Decimal("0.0000"),
+        Decimal("99999999.9999"),
+        None,
+    ]
     assert table.column("call_duration_seconds").to_pylist() == [1.5, None, 0.0, 59.999, 86400.0]
     assert table.column("q1_answer").to_pylist()[:2] == ["=1+1", None]  # unguarded; null stays null
     assert table.column("name").to_pylist()[1] == ""
@@ -155,14 +193,22 @@ def test_parquet_holds_native_types_exact_decimals_and_infinity(tmp_path):
     assert str(table.schema.field("completed_at").type) == "timestamp[us, tz=UTC]"
 
 
-@pytest.mark.parametrize("text", ["", "short", "x" * XLSX_MAX_CELL_CHARS, "é" * XLSX_MAX_CELL_CHARS,
-                                  "🎉" * (XLSX_MAX_CELL_CHARS // 2)])
+@pytest.mark.parametrize(
+    "text", ["", "short", "x" * XLSX_MAX_CELL_CHARS, "é" * XLSX_MAX_CELL_CHARS, "🎉" * (XLSX_MAX_CELL_CHARS // 2)]
+)
 def test_text_that_fits_an_excel_cell_is_left_whole(text):
     assert fit_excel_cell(text) is None
 
 
-@pytest.mark.parametrize("text", ["x" * (XLSX_MAX_CELL_CHARS + 1), "🎉" * (XLSX_MAX_CELL_CHARS // 2 + 1),
-                                  "a" + "🎉" * XLSX_MAX_CELL_CHARS, "東" * 100_000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * (XLSX_MAX_CELL_CHARS + 1),
+        "🎉" * (XLSX_MAX_CELL_CHARS // 2 + 1),
+        "a" + "🎉" * XLSX_MAX_CELL_CHARS,
+        "東" * 100_000,
+    ],
+)
 def test_longer_text_is_cut_to_the_limit_in_utf16_units_with_the_marker(text):
     cut = fit_excel_cell(text)
     assert cut is not None and cut.endswith(XLSX_CUT_MARKER)

@@ -1,4 +1,5 @@
 """The Dagster layer: dg.materialize with dg.instance_for_test() on the real PostgreSQL source."""
+
 from __future__ import annotations
 
 import csv
@@ -24,15 +25,23 @@ def resources(pg_url, tmp_path):
 
 def materialize(resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS):
     instance.add_dynamic_partitions("campaigns", [partition])
-    return dg.materialize([campaign_export], selection=selection, instance=instance, partition_key=partition,
-                          resources=resources, run_config={"ops": {"campaign_export": {"config": config or {}}}},
-                          raise_on_error=False)
+    return dg.materialize(
+        [campaign_export],
+        selection=selection,
+        instance=instance,
+        partition_key=partition,
+        resources=resources,
+        run_config={"ops": {"campaign_export": {"config": config or {}}}},
+        raise_on_error=False,
+    )
 
 
 @pytest.mark.dagster
 def test_definitions_load_with_the_spec_names():
     assert {str(k.to_user_string()) for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {
-        "campaign_results_csv", "campaign_results_parquet"}
+        "campaign_results_csv",
+        "campaign_results_parquet",
+    }
     assert defs.resolve_job_def("export_campaign").partitions_def.name == "campaigns"
 
 
@@ -40,7 +49,9 @@ def test_materialization_metadata_and_checks(resources, tmp_path):
     with dg.instance_for_test() as instance:
         result = materialize(resources, instance, C1)
         assert result.success
-        by_key = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("campaign_export")}
+        by_key = {
+            m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("campaign_export")
+        }
         csv_meta = by_key["campaign_results_csv"]
         assert csv_meta["rows"].value == 4 and csv_meta["dagster/row_count"].value == 4
         location = csv_meta["location"].value
@@ -55,8 +66,13 @@ def test_materialization_metadata_and_checks(resources, tmp_path):
         assert csv_meta["campaign_name"].value == awkward.NAME
         assert csv_meta["anomalies"].value == awkward.EXPECTED_ANOMALIES
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-        assert checks == {"row_count_matches_source": True, "contact_id_unique": True, "header_matches_spec": True,
-                          "no_row_anomalies": False, "phone_numbers_e164": False}
+        assert checks == {
+            "row_count_matches_source": True,
+            "contact_id_unique": True,
+            "header_matches_spec": True,
+            "no_row_anomalies": False,
+            "phone_numbers_e164": False,
+        }
         messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
         assert f"campaign {C1}: 4 of 4 rows written (100%)" in messages
         latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
@@ -93,8 +109,11 @@ def test_the_selected_assets_decide_the_files_written(resources, tmp_path):
         assert keys == ["campaign_results_xlsx"]
         metadata = result.asset_materializations_for_node("campaign_export")[0].metadata
         folder = Path(metadata["location"].value).parent
-        assert sorted(p.name for p in folder.iterdir()) == ["campaign_results.xlsx", "campaign_stats.json",
-                                                             "manifest.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "campaign_results.xlsx",
+            "campaign_stats.json",
+            "manifest.json",
+        ]
         latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
         assert latest["snapshot"].endswith(default.run_id[:8]) and not metadata["latest_moved"].value
 

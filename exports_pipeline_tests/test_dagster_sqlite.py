@@ -1,5 +1,6 @@
 """The Dagster layer without a server: dg.materialize and a sensor tick on the awkward SQLite source, a local
 destination and a temporary instance (dg.instance_for_test). The same definitions as production."""
+
 from __future__ import annotations
 
 import json
@@ -26,22 +27,34 @@ def resources(sqlite_url, tmp_path) -> dict:
 
 def materialize(resources, instance, partition: str, selection=DEFAULT_EXPORT_KEYS) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions("campaigns", [partition])
-    return dg.materialize([campaign_export], selection=selection, instance=instance, partition_key=partition,
-                          resources=resources, raise_on_error=False)
+    return dg.materialize(
+        [campaign_export],
+        selection=selection,
+        instance=instance,
+        partition_key=partition,
+        resources=resources,
+        raise_on_error=False,
+    )
 
 
 def test_a_sqlite_campaign_materializes_the_spec_csv_and_runs_its_checks(resources, tmp_path):
     with dg.instance_for_test() as instance:
         result = materialize(resources, instance, C1)
         assert result.success
-        metadata = {m.asset_key.to_user_string(): m.metadata for m in
-                    result.asset_materializations_for_node("campaign_export")}
+        metadata = {
+            m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("campaign_export")
+        }
         assert set(metadata) == {key.to_user_string() for key in DEFAULT_EXPORT_KEYS}
         with open(metadata["campaign_results_csv"]["location"].value, "rb") as handle:
             assert handle.read() == awkward.expected_csv()  # the same bytes as from PostgreSQL
         checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-        assert checks == {"row_count_matches_source": True, "contact_id_unique": True, "header_matches_spec": True,
-                          "no_row_anomalies": False, "phone_numbers_e164": False}
+        assert checks == {
+            "row_count_matches_source": True,
+            "contact_id_unique": True,
+            "header_matches_spec": True,
+            "no_row_anomalies": False,
+            "phone_numbers_e164": False,
+        }
         latest = json.loads((tmp_path / "exports" / f"campaign_id={C1}" / "latest.json").read_text())
         assert latest["snapshot"] == metadata["campaign_results_csv"]["snapshot"].value
         assert latest["snapshot"].endswith(result.run_id[:8])
@@ -52,8 +65,11 @@ def test_a_campaign_without_contacts_publishes_header_only_files(resources, tmp_
         result = materialize(resources, instance, EMPTY)
         checks = result.get_asset_check_evaluations()
         assert result.success and len(checks) == 5 and all(c.passed for c in checks)
-        csv_meta = next(m.metadata for m in result.asset_materializations_for_node("campaign_export")
-                        if m.asset_key.to_user_string() == "campaign_results_csv")
+        csv_meta = next(
+            m.metadata
+            for m in result.asset_materializations_for_node("campaign_export")
+            if m.asset_key.to_user_string() == "campaign_results_csv"
+        )
         assert csv_meta["rows"].value == 0
         with open(csv_meta["location"].value, "rb") as handle:
             assert handle.read() == awkward.expected_csv(rows=[], header=awkward.HEADER[:-4])  # no questions
@@ -65,7 +81,11 @@ def test_the_partition_sensor_registers_the_sqlite_campaigns(sqlite_url):
         source = {"source": SourceDatabase(url=sqlite_url)}
         with dg.build_sensor_context(instance=instance, resources=source) as context:
             result = campaign_partitions_sensor(context)
-        added = {key for request in result.dynamic_partitions_requests
-                 if isinstance(request, dg.AddDynamicPartitionsRequest) for key in request.partition_keys}
+        added = {
+            key
+            for request in result.dynamic_partitions_requests
+            if isinstance(request, dg.AddDynamicPartitionsRequest)
+            for key in request.partition_keys
+        }
         assert added == {campaign[0] for campaign in awkward.CAMPAIGNS}
         assert not [r for r in result.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)]

@@ -1,6 +1,7 @@
 """The production dagster.yaml and the deploy/ example, checked by Dagster itself: the instance is built
 from the file on PostgreSQL with Dagster's own classes only, and the ECS example is validated against
 dagster-aws's own schema."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,27 +13,31 @@ import pytest
 import yaml
 from dagster_aws.ecs import EcsRunLauncher
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def use_storage_database(monkeypatch, url: str) -> None:
     parts = urlsplit(url)
-    for name, value in {"DAGSTER_PG_HOST": parts.hostname, "DAGSTER_PG_PORT": str(parts.port or 5432),
-                        "DAGSTER_PG_USER": parts.username or "postgres", "DAGSTER_PG_PASSWORD": parts.password or "",
-                        "DAGSTER_PG_DB": parts.path.lstrip("/")}.items():
+    for name, value in {
+        "DAGSTER_PG_HOST": parts.hostname,
+        "DAGSTER_PG_PORT": str(parts.port or 5432),
+        "DAGSTER_PG_USER": parts.username or "postgres",
+        "DAGSTER_PG_PASSWORD": parts.password or "",
+        "DAGSTER_PG_DB": parts.path.lstrip("/"),
+    }.items():
         monkeypatch.setenv(name, value)
 
 
-def test_the_production_instance_runs_on_postgresql_with_queue_pool_monitoring_and_retries(pg_url, tmp_path,
-                                                                                           monkeypatch):
+def test_the_production_instance_runs_on_postgresql_with_queue_pool_monitoring_and_retries(
+    pg_url, tmp_path, monkeypatch
+):
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     use_storage_database(monkeypatch, pg_url)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         instance.add_dynamic_partitions("campaigns", ["c1000000-0000-4000-8000-000000000001"])  # a real write
-        assert [type(s).__name__ for s in (instance.run_storage, instance.event_log_storage,
-                                           instance.schedule_storage)] == [
-            "PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage"]
+        assert [
+            type(s).__name__ for s in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+        ] == ["PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage"]
         assert type(instance.run_coordinator) is dg.QueuedRunCoordinator
         assert type(instance.run_launcher) is dg.DefaultRunLauncher
         pools = instance.get_concurrency_config().pool_config
@@ -71,5 +76,8 @@ def test_a_misspelt_ecs_setting_is_refused_by_dagster(pg_url, tmp_path, monkeypa
     config |= yaml.safe_load((REPO / "deploy" / "ecs" / "run_launcher.yaml").read_text())
     config["run_launcher"]["config"]["include_sidecar"] = False  # Dagster spells it include_sidecars
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
-    with dg.DagsterInstance.from_config(str(tmp_path)) as instance, pytest.raises(dg.DagsterInvalidConfigError, match="include_sidecar"):
+    with (
+        dg.DagsterInstance.from_config(str(tmp_path)) as instance,
+        pytest.raises(dg.DagsterInvalidConfigError, match="include_sidecar"),
+    ):
         instance.run_launcher  # noqa: B018 - building the launcher is what is tested

@@ -1,4 +1,5 @@
 """The export core (plain functions) against a real PostgreSQL and SQLite: every rule of SPEC section 3."""
+
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,7 @@ import io
 import json
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,8 +39,13 @@ def awkward_pg(pg_url) -> str:
     return pg_url
 
 
-def staged_bytes(url: str, campaign: str = C1, options: ExportOptions = ExportOptions(), run_id: str = "run00001",
-                 reader_processes: bool | None = None):
+def staged_bytes(
+    url: str,
+    campaign: str = C1,
+    options: ExportOptions = ExportOptions(),
+    run_id: str = "run00001",
+    reader_processes: bool | None = None,
+):
     """(csv bytes, parquet table, staged export) of one export, without publishing."""
     with stage_export(url, campaign, options, run_id, reader_processes=reader_processes) as staged:
         files = {f.format: f.path for f in staged.files}
@@ -73,8 +79,10 @@ def test_csv_reads_back_with_polars_keeping_null_apart_from_empty(awkward_pg):
 
 
 def test_batch_size_and_reader_processes_never_change_the_output(awkward_pg):
-    outputs = [staged_bytes(awkward_pg, options=ExportOptions(batch_size=size), reader_processes=processes)
-               for size, processes in ((1, False), (7, False), (100_000, False), (1, True), (100_000, True))]
+    outputs = [
+        staged_bytes(awkward_pg, options=ExportOptions(batch_size=size), reader_processes=processes)
+        for size, processes in ((1, False), (7, False), (100_000, False), (1, True), (100_000, True))
+    ]
     first_csv, first_parquet, first = outputs[0]
     assert first_csv == awkward.expected_csv()
     for csv_bytes, table, staged in outputs[1:]:
@@ -92,8 +100,8 @@ def test_parquet_has_native_types_unfloored_times_and_no_guard(awkward_pg):
     assert schema.field("call_duration_seconds").type == pa.float64()
     rows = {r["contact_id"]: r for r in table.to_pylist()}
     k1, k2 = rows[K1], rows[K2]
-    assert k1["completed_at"] == datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=timezone.utc)
-    assert k1["call_started_at"] == datetime(2026, 1, 2, 10, 0, 0, 900, tzinfo=timezone.utc)
+    assert k1["completed_at"] == datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC)
+    assert k1["call_started_at"] == datetime(2026, 1, 2, 10, 0, 0, 900, tzinfo=UTC)
     assert k1["call_cost_usd"] == Decimal("12345678.9999") and k1["total_cost_usd"] == Decimal("12345677.5999")
     assert k1["call_duration_seconds"] == 0.3 and k2["call_duration_seconds"] == -2.5
     assert k1["q2_answer"] == "=1+1" and k2["phone_number"] == "=1+1"  # never guarded
@@ -115,8 +123,11 @@ def test_sqlite_source_gives_the_same_csv(sqlite_url, money_as_real):
 def test_sqlite_invalid_json_transcript_is_counted_not_fatal(sqlite_url):
     awkward.load(sqlite_url)
     import sqlite3
+
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("UPDATE call_attempts SET transcript = '{not json' WHERE id = 'b0000000-0000-4000-8000-000000000001'")
+        conn.execute(
+            "UPDATE call_attempts SET transcript = '{not json' WHERE id = 'b0000000-0000-4000-8000-000000000001'"
+        )
     _, _, staged = staged_bytes(sqlite_url)
     assert staged.anomalies["transcript_invalid_json"] == 1
 
@@ -124,6 +135,7 @@ def test_sqlite_invalid_json_transcript_is_counted_not_fatal(sqlite_url):
 def test_sqlite_unparseable_timestamp_names_table_column_and_row(sqlite_url):
     awkward.load(sqlite_url)
     import sqlite3
+
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
         conn.execute(f"UPDATE contacts SET completed_at = 'yesterday-ish' WHERE id = '{K3}'")
     with pytest.raises(SourceSchemaError, match=f"contacts.completed_at.*{K3}"):
@@ -143,9 +155,17 @@ def test_unknown_campaign_fails_naming_the_id(awkward_pg):
         staged_bytes(awkward_pg, campaign=unknown)
 
 
-@pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "c1000000-0000-4000-8000-00000000000", "../../etc/passwd",
-                                    "c1000000-0000-4000-8000-000000000001' OR '1'='1",
-                                    "{c1000000-0000-4000-8000-000000000001}"])
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "not-a-uuid",
+        "",
+        "c1000000-0000-4000-8000-00000000000",
+        "../../etc/passwd",
+        "c1000000-0000-4000-8000-000000000001' OR '1'='1",
+        "{c1000000-0000-4000-8000-000000000001}",
+    ],
+)
 def test_malformed_campaign_id_fails_naming_the_id(awkward_pg, bad_id):
     with pytest.raises(InvalidInputError, match="is not a UUID") as error:
         staged_bytes(awkward_pg, campaign=bad_id)
@@ -161,14 +181,14 @@ def test_uppercase_id_is_accepted_in_canonical_form(awkward_pg):
 def test_nan_money_fails_naming_the_column_and_attempt(awkward_pg, reader_processes):
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         conn.execute("UPDATE call_attempts SET cost_usd = 'NaN' WHERE id = 'b0000000-0000-4000-8000-000000000001'")
-    with pytest.raises(SourceSchemaError, match="call_attempts.cost_usd.*b0000000-0000-4000-8000-000000000001"):
+    with pytest.raises(SourceSchemaError, match=r"call_attempts.cost_usd.*b0000000-0000-4000-8000-000000000001"):
         staged_bytes(awkward_pg, reader_processes=reader_processes)
 
 
 def test_missing_column_fails_naming_it(awkward_pg):
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         conn.execute("ALTER TABLE call_attempts DROP COLUMN recording_url")
-    with pytest.raises(SourceSchemaError, match="call_attempts.recording_url"):
+    with pytest.raises(SourceSchemaError, match=r"call_attempts.recording_url"):
         staged_bytes(awkward_pg)
 
 
@@ -185,10 +205,14 @@ def test_export_reads_one_snapshot_while_the_campaign_is_written(awkward_pg, mon
 
     def write_then_sample(self, campaign_id, fraction):
         with psycopg.connect(awkward_pg, autocommit=True) as conn:
-            conn.execute(f"INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status) "
-                         f"VALUES ('b0000000-0000-4000-8000-0000000000aa', '{C1}', '{K3}', 9, 'completed')")
-            conn.execute(f"INSERT INTO contacts VALUES ('a0000000-0000-4000-8000-0000000000ff', '{C1}', NULL, 'Late',"
-                         f" NULL, '+15550000000', 'pending', 0, NULL, NULL, '2030-01-01', '2030-01-01')")
+            conn.execute(
+                f"INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status) "
+                f"VALUES ('b0000000-0000-4000-8000-0000000000aa', '{C1}', '{K3}', 9, 'completed')"
+            )
+            conn.execute(
+                f"INSERT INTO contacts VALUES ('a0000000-0000-4000-8000-0000000000ff', '{C1}', NULL, 'Late',"
+                f" NULL, '+15550000000', 'pending', 0, NULL, NULL, '2030-01-01', '2030-01-01')"
+            )
             conn.execute(f"UPDATE survey_responses SET answer = 'changed' WHERE contact_id = '{K1}'")
         return take_sample(self, campaign_id, fraction)
 
@@ -212,26 +236,35 @@ def test_fingerprint_from_the_streams_equals_the_sql_fingerprint(awkward_pg, sql
 def test_run_options_filter_states_and_select_columns(awkward_pg):
     options = ExportOptions(states=("terminal",), columns=("q2_answer", "contact_id", "outcome"), bom=False)
     csv_bytes, _, staged = staged_bytes(awkward_pg, options=options)
-    assert csv_bytes == b"contact_id,outcome,q2_answer\n" + \
-        f"{K4},excluded,\n{K1},completed,'=1+1\n{K2},refused,'@mention\n".encode()
+    assert (
+        csv_bytes
+        == b"contact_id,outcome,q2_answer\n"
+        + f"{K4},excluded,\n{K1},completed,'=1+1\n{K2},refused,'@mention\n".encode()
+    )
     assert staged.options.states == ("completed", "refused", "not_reached", "excluded")
 
 
 def test_updated_at_window_and_formula_guard_off(awkward_pg):
-    options = ExportOptions(updated_from=datetime(2026, 1, 3, tzinfo=timezone.utc),
-                            updated_to=datetime(2026, 1, 4, tzinfo=timezone.utc),
-                            columns=("contact_id", "phone_number"), formula_guard=False)
+    options = ExportOptions(
+        updated_from=datetime(2026, 1, 3, tzinfo=UTC),
+        updated_to=datetime(2026, 1, 4, tzinfo=UTC),
+        columns=("contact_id", "phone_number"),
+        formula_guard=False,
+    )
     csv_bytes, _, _ = staged_bytes(awkward_pg, options=options)
     assert csv_bytes == "\ufeffcontact_id,phone_number\n".encode() + f"{K1},+15551234567\n{K2},=1+1\n".encode()
 
 
-@pytest.mark.parametrize("kwargs, named", [
-    ({"states": ("done",)}, "option states: done"),
-    ({"columns": ("nope",)}, "option columns: unknown column"),
-    ({"formats": ("docx",)}, "option formats: docx"),
-    ({"batch_size": 0}, "option batch_size"),
-    ({"updated_from": datetime(2026, 1, 1)}, "option updated_from"),
-])
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"states": ("done",)}, "option states: done"),
+        ({"columns": ("nope",)}, "option columns: unknown column"),
+        ({"formats": ("docx",)}, "option formats: docx"),
+        ({"batch_size": 0}, "option batch_size"),
+        ({"updated_from": datetime(2026, 1, 1)}, "option updated_from"),
+    ],
+)
 def test_invalid_options_fail_naming_the_option(kwargs, named):
     with pytest.raises(InvalidInputError, match=named):
         ExportOptions(**kwargs)
@@ -244,6 +277,7 @@ def test_answer_column_beyond_the_campaign_questions_is_refused(awkward_pg):
 
 # ------------------------------------------------------------------------------------------ publication
 
+
 def publish(url: str, destination, options: ExportOptions = ExportOptions(), run_id: str = "run00001"):
     with stage_export(url, C1, options, run_id) as staged:
         return publish_export(staged, destination)
@@ -253,12 +287,30 @@ def test_publication_layout_manifest_and_latest(awkward_pg, tmp_path):
     destination = LocalDestination(tmp_path)
     published = publish(awkward_pg, destination, run_id="1a2b3c4d-rest-of-run-id")
     folder = tmp_path / f"campaign_id={C1}" / published.snapshot
-    assert published.snapshot.endswith("Z-1a2b3c4d") and len(published.snapshot) == len("20261122T081530.123456Z-1a2b3c4d")
-    assert sorted(p.name for p in folder.iterdir()) == ["campaign_results.csv", "campaign_results.parquet",
-                                                       "campaign_stats.json", "manifest.json"]
+    assert published.snapshot.endswith("Z-1a2b3c4d") and len(published.snapshot) == len(
+        "20261122T081530.123456Z-1a2b3c4d"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "campaign_results.csv",
+        "campaign_results.parquet",
+        "campaign_stats.json",
+        "manifest.json",
+    ]
     manifest = json.loads((folder / "manifest.json").read_text())
-    for field in ("schema_version", "tool_version", "campaign_id", "run_id", "snapshot", "started_at", "finished_at",
-                  "options", "source_fingerprint", "questions", "anomalies", "files"):
+    for field in (
+        "schema_version",
+        "tool_version",
+        "campaign_id",
+        "run_id",
+        "snapshot",
+        "started_at",
+        "finished_at",
+        "options",
+        "source_fingerprint",
+        "questions",
+        "anomalies",
+        "files",
+    ):
         assert field in manifest
     assert manifest["questions"][0] == {"position": 1, "prompt": 'How, "really"?'}
     for record in manifest["files"]:
@@ -266,7 +318,10 @@ def test_publication_layout_manifest_and_latest(awkward_pg, tmp_path):
         assert record["bytes"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
         assert record["rows"] == (None if record["name"] == "campaign_stats.json" else 4)
     latest = json.loads((tmp_path / f"campaign_id={C1}" / "latest.json").read_text())
-    assert latest == {"snapshot": published.snapshot, "manifest": f"campaign_id={C1}/{published.snapshot}/manifest.json"}
+    assert latest == {
+        "snapshot": published.snapshot,
+        "manifest": f"campaign_id={C1}/{published.snapshot}/manifest.json",
+    }
     assert not any(p.name.startswith(".partial") for p in folder.iterdir())
 
 

@@ -7,6 +7,7 @@ test on a source table, on which the export's next read waits (seen in pg_stat_a
 export's application_name). Exports whose reads wait on such a lock run in another process:
 connectorx keeps the GIL while its query waits, which would freeze a monitor in this process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -42,7 +43,7 @@ from exports_pipeline_tests.awkward import C1
 from exports_pipeline_tests.test_cli import run_cli
 from exports_pipeline_tests.test_s3 import PREFIX, get, s3_destination
 
-SEED_NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+SEED_NOW = datetime(2026, 3, 1, tzinfo=UTC)
 # How a terminated session shows: PostgreSQL's notice, or the driver finding its connection gone.
 CONNECTION_LOST = re.compile("terminating connection due to administrator command|connection closed")
 
@@ -65,9 +66,10 @@ def wait_for(what: str, probe, timeout: float = 120.0, every: float = 0.1):
 
 def export_sessions(monitor: psycopg.Connection, waiting_on_lock: bool = False) -> list[int]:
     """Backend pids of the export's sessions in this database (every one names itself exports-pipeline)."""
-    sql = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
-           + (" AND wait_event_type = 'Lock'" if waiting_on_lock else ""))
-    return [pid for pid, in monitor.execute(sql, (APPLICATION_NAME,)).fetchall()]
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s" + (
+        " AND wait_event_type = 'Lock'" if waiting_on_lock else ""
+    )
+    return [pid for (pid,) in monitor.execute(sql, (APPLICATION_NAME,)).fetchall()]
 
 
 def terminate_export_sessions(monitor: psycopg.Connection) -> int:
@@ -119,8 +121,8 @@ def assert_snapshot_complete(read, snapshot: str) -> None:
 
 # ------------------------------------------------------------------ item 1: connections terminated mid-export
 
-def test_connections_terminated_once_mid_export_are_retried_and_the_retry_publishes(awkward_pg, tmp_path,
-                                                                                  monkeypatch):
+
+def test_connections_terminated_once_mid_export_are_retried_and_the_retry_publishes(awkward_pg, tmp_path, monkeypatch):
     """Here the export waits in a bulk read (connectorx) when its sessions are terminated."""
     out = tmp_path / "out"
     with ThreadPoolExecutor(1) as pool, psycopg.connect(awkward_pg, autocommit=True) as monitor:
@@ -134,7 +136,7 @@ def test_connections_terminated_once_mid_export_are_retried_and_the_retry_publis
     latest = json.loads((out / f"campaign_id={C1}" / "latest.json").read_text())
     assert_snapshot_complete(lambda key: (out / key).read_bytes(), latest["snapshot"])
     with cli_instance(tmp_path, monkeypatch) as instance:
-        run_record, = instance.get_runs()
+        (run_record,) = instance.get_runs()
         assert run_record.is_success and latest["snapshot"].endswith(run_record.run_id[:8])
         retries = instance.all_logs(run_record.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
         assert len(retries) == 1
@@ -142,8 +144,9 @@ def test_connections_terminated_once_mid_export_are_retried_and_the_retry_publis
         assert cause.cls_name == "SourceUnavailableError" and CONNECTION_LOST.search(cause.message)
 
 
-def test_connections_terminated_at_every_attempt_fail_the_run_naming_campaign_and_cause(awkward_pg, tmp_path,
-                                                                                        monkeypatch):
+def test_connections_terminated_at_every_attempt_fail_the_run_naming_campaign_and_cause(
+    awkward_pg, tmp_path, monkeypatch
+):
     """Here the export waits in its snapshot session's own query (psycopg) when its sessions are terminated."""
     out = tmp_path / "out"
     with stage_export(awkward_pg, C1, ExportOptions(), "before00") as staged:
@@ -163,14 +166,14 @@ def test_connections_terminated_at_every_attempt_fail_the_run_naming_campaign_an
         result = run.result(timeout=60)
 
     assert result.returncode == 1 and terminated == TRANSIENT_RETRIES + 1
-    printed, = [line for line in result.stderr.splitlines() if line.startswith("exports-pipeline: ")]
+    (printed,) = [line for line in result.stderr.splitlines() if line.startswith("exports-pipeline: ")]
     assert f"campaign {C1}" in printed and CONNECTION_LOST.search(printed), printed
     assert tree(out) == before  # latest.json byte-identical, and no new file, reachable or not
     with cli_instance(tmp_path, monkeypatch) as instance:
-        failed, = instance.get_runs()
+        (failed,) = instance.get_runs()
         retries = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
         assert len(retries) == TRANSIENT_RETRIES
-        step_failure, = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        (step_failure,) = instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         cause = step_failure.dagster_event.event_specific_data.error.cause  # under "Exceeded max_retries"
         assert cause.cls_name == "SourceUnavailableError"
         assert f"export of campaign {C1} failed" in cause.message and CONNECTION_LOST.search(cause.message)
@@ -215,20 +218,27 @@ class CampaignWriter(threading.Thread):
                     "INSERT INTO contacts (id, campaign_id, external_contact_id, name, phone_number, state, "
                     "attempt_count, created_at, updated_at) "
                     "VALUES (%s, %s, %s, %s, '+15550000000', 'completed', 1, now(), now())",
-                    (new_contact, self.campaign_id, marker, marker))
+                    (new_contact, self.campaign_id, marker, marker),
+                )
                 self._attempt(conn, new_contact, 1, marker)
-                conn.execute("INSERT INTO survey_responses (campaign_id, contact_id, question_position, answer, "
-                             "answered_at) VALUES (%s, %s, %s, %s, now())",
-                             (self.campaign_id, new_contact, self.position, marker))
-            conn.execute("UPDATE contacts SET name = %s, attempt_count = attempt_count + 1, updated_at = now() "
-                         "WHERE id = %s", (f"writer-{i}", contact))
+                conn.execute(
+                    "INSERT INTO survey_responses (campaign_id, contact_id, question_position, answer, "
+                    "answered_at) VALUES (%s, %s, %s, %s, now())",
+                    (self.campaign_id, new_contact, self.position, marker),
+                )
+            conn.execute(
+                "UPDATE contacts SET name = %s, attempt_count = attempt_count + 1, updated_at = now() WHERE id = %s",
+                (f"writer-{i}", contact),
+            )
             self._attempt(conn, contact, 1_000_000 + i, f"writer-{i}")
             return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
     def _attempt(self, conn: psycopg.Connection, contact: str, number: int, marker: str) -> None:
-        conn.execute("INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, started_at, "
-                     "ended_at, cost_usd, recording_url) VALUES (%s, %s, %s, %s, 'completed', now(), now(), 0.5, %s)",
-                     (str(uuid.uuid4()), self.campaign_id, contact, number, marker))
+        conn.execute(
+            "INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, started_at, "
+            "ended_at, cost_usd, recording_url) VALUES (%s, %s, %s, %s, 'completed', now(), now(), 0.5, %s)",
+            (str(uuid.uuid4()), self.campaign_id, contact, number, marker),
+        )
 
 
 def exported(url: str, campaign_id: str, run_id: str) -> dict:
@@ -236,17 +246,28 @@ def exported(url: str, campaign_id: str, run_id: str) -> dict:
     with stage_export(url, campaign_id, ExportOptions(batch_size=500), run_id) as staged:
         parquet = next(f.path for f in staged.files if f.format == "parquet")
         rows = {row["contact_id"]: row for row in pl.read_parquet(parquet).iter_rows(named=True)}
-        return {"rows": rows, "fingerprint": staged.fingerprint, "anomalies": staged.anomalies,
-                "stats": staged.stats, "snapshot_time": staged.snapshot_time, "checks": staged.checks}
+        return {
+            "rows": rows,
+            "fingerprint": staged.fingerprint,
+            "anomalies": staged.anomalies,
+            "stats": staged.stats,
+            "snapshot_time": staged.snapshot_time,
+            "checks": staged.checks,
+        }
 
 
 def test_export_during_writes_is_one_consistent_snapshot(pg_url):
-    campaign_id, = seed_source(pg_url, contacts=3_000, campaigns=1, seed=8, now=SEED_NOW)
+    (campaign_id,) = seed_source(pg_url, contacts=3_000, campaigns=1, seed=8, now=SEED_NOW)
     with psycopg.connect(pg_url) as conn:
-        existing = [i for i, in conn.execute("SELECT id::text FROM contacts WHERE campaign_id = %s ORDER BY id",
-                                             (campaign_id,)).fetchall()]
-        position, = conn.execute("SELECT min(position) FROM survey_questions WHERE campaign_id = %s",
-                                 (campaign_id,)).fetchone()
+        existing = [
+            i
+            for (i,) in conn.execute(
+                "SELECT id::text FROM contacts WHERE campaign_id = %s ORDER BY id", (campaign_id,)
+            ).fetchall()
+        ]
+        (position,) = conn.execute(
+            "SELECT min(position) FROM survey_questions WHERE campaign_id = %s", (campaign_id,)
+        ).fetchone()
     base = exported(pg_url, campaign_id, "base0000")
 
     writer = CampaignWriter(pg_url, campaign_id, existing, position)
@@ -260,8 +281,9 @@ def test_export_during_writes_is_one_consistent_snapshot(pg_url):
                 export = pool.submit(exported, pg_url, campaign_id, "during00")
                 wait_for("the export to hold its snapshot", lambda: export_sessions(monitor, waiting_on_lock=True))
                 committed = len(writer.before_commit)
-                wait_for("commits after the snapshot", lambda: len(writer.before_commit) >= committed + 5
-                         or writer.error)
+                wait_for(
+                    "commits after the snapshot", lambda: len(writer.before_commit) >= committed + 5 or writer.error
+                )
             during = export.result(timeout=120)
     finally:
         writer.stop.set()
@@ -269,20 +291,25 @@ def test_export_during_writes_is_one_consistent_snapshot(pg_url):
     assert writer.error is None, writer.error
 
     rows = during["rows"]
-    by_marker = {r["external_contact_id"]: r for r in rows.values()
-                 if (r["external_contact_id"] or "").startswith("writer-")}
+    by_marker = {
+        r["external_contact_id"]: r for r in rows.values() if (r["external_contact_id"] or "").startswith("writer-")
+    }
     visible = []
     for i in range(len(writer.before_commit)):
         new = [by_marker.get(f"writer-{i}-{j}") for j in range(NEW_CONTACTS_PER_WRITE)]
         updated = rows[existing[i]]
-        seen = [r is not None for r in new] + [updated["name"] == f"writer-{i}",
-                                                updated["recording_url"] == f"writer-{i}"]
+        seen = [r is not None for r in new] + [
+            updated["name"] == f"writer-{i}",
+            updated["recording_url"] == f"writer-{i}",
+        ]
         assert all(seen) or not any(seen), f"transaction {i} is only partly in the export: {seen}"
         if all(seen):
             visible.append(i)
-            assert all((r["name"], r["recording_url"], r[f"q{position}_answer"], r["call_status"])
-                       == (f"writer-{i}-{j}", f"writer-{i}-{j}", f"writer-{i}-{j}", "completed")
-                       for j, r in enumerate(new))
+            assert all(
+                (r["name"], r["recording_url"], r[f"q{position}_answer"], r["call_status"])
+                == (f"writer-{i}-{j}", f"writer-{i}-{j}", f"writer-{i}-{j}", "completed")
+                for j, r in enumerate(new)
+            )
         else:
             assert updated == base["rows"][existing[i]]
     k = len(visible)
@@ -295,8 +322,11 @@ def test_export_during_writes_is_one_consistent_snapshot(pg_url):
     assert all(rows[c] == base["rows"][c] for c in untouched)
     assert len(rows) == len(base["rows"]) + NEW_CONTACTS_PER_WRITE * k
     # The counts are those of the database right after commit k-1: one snapshot, whatever the table.
-    added = {"contacts_count": NEW_CONTACTS_PER_WRITE * k, "attempts_count": ATTEMPTS_PER_WRITE * k,
-             "answers_count": NEW_CONTACTS_PER_WRITE * k}
+    added = {
+        "contacts_count": NEW_CONTACTS_PER_WRITE * k,
+        "attempts_count": ATTEMPTS_PER_WRITE * k,
+        "answers_count": NEW_CONTACTS_PER_WRITE * k,
+    }
     for name, more in added.items():
         assert during["fingerprint"][name] == base["fingerprint"][name] + more, name
     assert during["stats"]["contacts"]["total"] == len(rows)
@@ -308,16 +338,18 @@ def test_export_during_writes_is_one_consistent_snapshot(pg_url):
 
 # ------------------------------------------------------------------ item 4: two runs of one campaign at once
 
-def test_two_runs_of_a_campaign_at_once_publish_two_complete_snapshots(awkward_pg, s3_bucket, tmp_path,
-                                                                       monkeypatch):
+
+def test_two_runs_of_a_campaign_at_once_publish_two_complete_snapshots(awkward_pg, s3_bucket, tmp_path, monkeypatch):
     env = cli_env(awkward_pg, f"s3://{s3_bucket}/{PREFIX}")
     # Both commands start on a new ./.dagster_home: one at a time creates its tables.
     with ThreadPoolExecutor(2) as pool, psycopg.connect(awkward_pg, autocommit=True) as monitor:
         # Both runs take their snapshot, then wait on survey_questions until both are that far.
         with table_locked(awkward_pg, "survey_questions"):
             runs = [pool.submit(run_cli, ["export", C1], tmp_path, **env) for _ in range(2)]
-            wait_for("both runs to hold a snapshot", lambda: len(export_sessions(monitor, waiting_on_lock=True)) == 2
-                     or any(r.done() for r in runs))
+            wait_for(
+                "both runs to hold a snapshot",
+                lambda: len(export_sessions(monitor, waiting_on_lock=True)) == 2 or any(r.done() for r in runs),
+            )
         results = [r.result() for r in runs]
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
 
@@ -327,7 +359,9 @@ def test_two_runs_of_a_campaign_at_once_publish_two_complete_snapshots(awkward_p
     for snapshot in snapshots:
         assert_snapshot_complete(lambda key: get(destination, key), snapshot)
     assert json.loads(get(destination, f"campaign_id={C1}/latest.json")) == {
-        "snapshot": snapshots[-1], "manifest": f"campaign_id={C1}/{snapshots[-1]}/manifest.json"}
+        "snapshot": snapshots[-1],
+        "manifest": f"campaign_id={C1}/{snapshots[-1]}/manifest.json",
+    }
     with cli_instance(tmp_path, monkeypatch) as instance:
         history = instance.get_runs(limit=2)  # newest first: the two at once
         assert len(instance.get_runs()) == 2 and all(r.is_success for r in history)
@@ -336,6 +370,7 @@ def test_two_runs_of_a_campaign_at_once_publish_two_complete_snapshots(awkward_p
 
 
 # ------------------------------------------------------------------ denied S3 credentials
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -350,8 +385,11 @@ def strict_s3():
     then moto's reset-auth endpoint turns checking on for every later request."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for("moto's server to listen", lambda: _listening(port), timeout=60)
         settings = {"endpoint_url": endpoint, "region_name": "us-east-1"}
@@ -363,12 +401,23 @@ def strict_s3():
         for user, actions in (("admin", "*"), ("nobody", None)):
             iam.create_user(UserName=user)
             if actions:
-                iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps({
-                    "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+                iam.put_user_policy(
+                    UserName=user,
+                    PolicyName="all",
+                    PolicyDocument=json.dumps(
+                        {
+                            "Version": "2012-10-17",
+                            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+                        }
+                    ),
+                )
             key = iam.create_access_key(UserName=user)["AccessKey"]
             keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
-                                                      headers={"Content-Type": "text/plain"}))
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+            )
+        )
         yield {"settings": settings, "bucket": bucket, "keys": keys}
     finally:
         server.terminate()
@@ -400,12 +449,19 @@ def test_denied_s3_credentials_fail_naming_destination_and_error_without_the_sec
     admin = s3_client(**settings, aws_access_key_id=admin_id, aws_secret_access_key=admin_secret)
     assert admin.list_objects_v2(Bucket=bucket)["KeyCount"] == 0  # auth is on: the admin key works
 
-    destination = ExportDestination(url=f"s3://{bucket}/{PREFIX}", aws_access_key_id=key_id,
-                                    aws_secret_access_key=secret, **settings)
+    destination = ExportDestination(
+        url=f"s3://{bucket}/{PREFIX}", aws_access_key_id=key_id, aws_secret_access_key=secret, **settings
+    )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1])
-        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, raise_on_error=False,
-                                resources={"source": SourceDatabase(url=awkward_pg), "destination": destination})
+        result = dg.materialize(
+            [campaign_export],
+            selection=DEFAULT_EXPORT_KEYS,
+            instance=instance,
+            partition_key=C1,
+            raise_on_error=False,
+            resources={"source": SourceDatabase(url=awkward_pg), "destination": destination},
+        )
         assert not result.success
         message = result.failure_data_for_node("campaign_export").error.message
         logs = "".join(repr(entry) for entry in instance.all_logs(result.run_id))

@@ -1,5 +1,6 @@
 """One job per function (issue 16): no function or method of exports_pipeline/ is longer than 60 lines,
 from its `def` line to its last line (docstring and comments included). Plain parsing, no database."""
+
 from __future__ import annotations
 
 import ast
@@ -28,12 +29,16 @@ def test_the_check_finds_a_long_function_and_passes_a_short_one():
 
     assert _long_functions(f"def short():\n{body('    ', MAX_LINES - 1)}", "m.py") == []
     assert _long_functions(f"class C:\n    def long(self):\n{body('        ', MAX_LINES)}", "m.py") == [
-        f"m.py:2 long ({MAX_LINES + 1} lines)"]
+        f"m.py:2 long ({MAX_LINES + 1} lines)"
+    ]
 
 
 def test_no_function_is_longer_than_60_lines():
     modules = sorted(PACKAGE.rglob("*.py"))
     assert len(modules) > 20  # the package itself, not an empty folder
-    too_long = [found for path in modules
-                for found in _long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
+    too_long = [
+        found
+        for path in modules
+        for found in _long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))
+    ]
     assert not too_long, "functions longer than 60 lines (split them into named steps):\n" + "\n".join(too_long)

@@ -3,12 +3,14 @@ what it leaves behind is reachable from no latest.json nor manifest, and retenti
 
 (a) the production deployment (dagster-daemon, PostgreSQL storage, the top-level dagster.yaml): a run worker
     of two campaigns SIGKILLed while publishing the second is failed by its code server and started again by
-    run retries, which exports what did not publish; (b) the `exports-pipeline export` process SIGKILLed mid-read and mid-publication.
+    run retries, which exports what did not publish; (b) the `exports-pipeline export` process SIGKILLed
+    mid-read and mid-publication.
 The read is held by a lock on call_attempts taken from another session. Publication is killed once the new
 snapshot folder appears, at whatever point it has reached by then (an empty folder, some files, .partial-*
 files, or a whole snapshot with its manifest), while the test holds the lock that moving latest.json takes:
 the assertions are the invariants that hold at every such point, never one intermediate state.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,7 +35,7 @@ from exports_pipeline.core.seed import seed_source
 from exports_pipeline_tests.conftest import BIN, REPO, running_deployment
 from exports_pipeline_tests.test_cli import CLI, run_cli
 
-SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
+SEED_NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=30)
 PAST_THE_GRACE = dt.timedelta(hours=25)  # retention's default leftover grace is 24 hours
 
 
@@ -46,7 +48,7 @@ def whole_files(manifest_file: Path) -> list[Path]:
     manifest = json.loads(manifest_file.read_text())
     assert manifest["snapshot"] == manifest_file.parent.name and manifest["files"]
     paths = [manifest_file.parent / record["name"] for record in manifest["files"]]
-    for path, record in zip(paths, manifest["files"]):
+    for path, record in zip(paths, manifest["files"], strict=True):
         data = path.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (record["bytes"], record["sha256"])
     return paths
@@ -100,8 +102,10 @@ def latest_json_locked(exports: Path, cid: str):
 
 def export_waits_on_the_lock(source_url: str) -> bool:
     with psycopg.connect(source_url, autocommit=True) as conn:
-        return conn.execute("SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND application_name = 'exports-pipeline' AND wait_event_type = 'Lock'").fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'exports-pipeline' AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
 
 
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -116,9 +120,26 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 def launch(d, job: str, **tags) -> str:
     """Submit a run through the instance's run queue (the daemon launches it); returns its id."""
     run_id = str(uuid.uuid4())
-    launched = subprocess.run([BIN / "dagster", "job", "launch", "-j", job, "-w", REPO / "workspace.yaml",
-                               "--run-id", run_id, "--tags", json.dumps(tags)],
-                              cwd=d.home, env=d.env, capture_output=True, text=True, timeout=120)
+    launched = subprocess.run(
+        [
+            BIN / "dagster",
+            "job",
+            "launch",
+            "-j",
+            job,
+            "-w",
+            REPO / "workspace.yaml",
+            "--run-id",
+            run_id,
+            "--tags",
+            json.dumps(tags),
+        ],
+        cwd=d.home,
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     return run_id
 
@@ -137,21 +158,31 @@ def test_a_run_worker_killed_mid_batch_leaves_nothing_reachable_and_the_retry_ex
     temp_dir, home = tmp_path / "tmp", tmp_path / "home"
     temp_dir.mkdir()
     home.mkdir()
-    with running_deployment(home, contacts=2_000, campaigns=2, seed=5, now=SEED_NOW,
-                            env={"TMPDIR": str(temp_dir)}) as d:
+    with running_deployment(
+        home, contacts=2_000, campaigns=2, seed=5, now=SEED_NOW, env={"TMPDIR": str(temp_dir)}
+    ) as d:
         first, second = d.campaigns[:2]
         d.instance.add_dynamic_partitions("campaigns", [first, second])
         (d.exports / f"campaign_id={second}").mkdir(parents=True)
         with latest_json_locked(d.exports, second):
-            killed_id = launch(d, "export_campaign", **{"dagster/asset_partition_range_start": first,
-                                                        "dagster/asset_partition_range_end": second})
-            d.wait_for("the second campaign's manifest, its publication waiting for latest.json", lambda: list(
-                (d.exports / f"campaign_id={second}").glob("*/manifest.json")), 180)
+            killed_id = launch(
+                d,
+                "export_campaign",
+                **{"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": second},
+            )
+            d.wait_for(
+                "the second campaign's manifest, its publication waiting for latest.json",
+                lambda: list((d.exports / f"campaign_id={second}").glob("*/manifest.json")),
+                180,
+            )
             os.kill(worker_pid(d.instance, killed_id), signal.SIGKILL)
             killed = d.wait_for("the code server to fail the run", lambda: finished(d, killed_id), 120)
         assert killed.status == dg.DagsterRunStatus.FAILURE
-        retry = d.wait_for("run retries to start the run again and finish", lambda: next(
-            (r for r in d.runs(**{"dagster/parent_run_id": killed_id}) if r.is_finished), None), 180)
+        retry = d.wait_for(
+            "run retries to start the run again and finish",
+            lambda: next((r for r in d.runs(**{"dagster/parent_run_id": killed_id}) if r.is_finished), None),
+            180,
+        )
         assert retry.status == dg.DagsterRunStatus.SUCCESS, d.daemon_log.read_text(errors="replace")[-3000:]
 
         published_first = verified_latest(d.exports, first)
@@ -160,11 +191,13 @@ def test_a_run_worker_killed_mid_batch_leaves_nothing_reachable_and_the_retry_ex
         published_second = verified_latest(d.exports, second)
         assert published_second["run_id"] == retry.run_id
         assert snapshot_folders(d.exports, second) == {published_second["snapshot"]}  # the killed one's is gone
-        materialized = {e.dagster_event.partition for e in d.instance.all_logs(
-            retry.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+        materialized = {
+            e.dagster_event.partition
+            for e in d.instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        }
         assert materialized == {second}
 
-        leftover, = staging_leftovers(temp_dir)  # the killed worker's staging (the retry removed its own)
+        (leftover,) = staging_leftovers(temp_dir)  # the killed worker's staging (the retry removed its own)
         age([leftover], by=PAST_THE_GRACE)
         cleanup = launch(d, "export_retention")
         assert d.wait_for("the retention run", lambda: finished(d, cleanup), 120).is_success
@@ -174,12 +207,17 @@ def test_a_run_worker_killed_mid_batch_leaves_nothing_reachable_and_the_retry_ex
 
 @pytest.mark.parametrize("phase, contacts", [("read", 2_000), ("publication", 100_000)])
 def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_retention_removes_the_rest(
-        phase, contacts, pg_url, tmp_path):
-    cid, = seed_source(pg_url, contacts=contacts, campaigns=1, seed=7, now=SEED_NOW)
+    phase, contacts, pg_url, tmp_path
+):
+    (cid,) = seed_source(pg_url, contacts=contacts, campaigns=1, seed=7, now=SEED_NOW)
     exports, temp_dir = tmp_path / "exports", tmp_path / "tmp"
     temp_dir.mkdir()
-    env = {"EXPORTS_SOURCE_URL": pg_url, "EXPORTS_DESTINATION": str(exports),
-           "DAGSTER_HOME": str(tmp_path / "dagster_home"), "TMPDIR": str(temp_dir)}
+    env = {
+        "EXPORTS_SOURCE_URL": pg_url,
+        "EXPORTS_DESTINATION": str(exports),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "TMPDIR": str(temp_dir),
+    }
     first = run_cli(["export", cid], tmp_path, **env)
     assert first.returncode == 0, first.stderr
     latest_file = exports / f"campaign_id={cid}" / "latest.json"
@@ -188,8 +226,13 @@ def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_r
 
     if phase == "read":
         with attempts_locked(pg_url):
-            export = subprocess.Popen([CLI, "export", cid], cwd=tmp_path, env={**os.environ, **env},
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            export = subprocess.Popen(
+                [CLI, "export", cid],
+                cwd=tmp_path,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 120
             while not (export_waits_on_the_lock(pg_url) and staging_leftovers(temp_dir)):
                 assert export.poll() is None and time.monotonic() < deadline, "the export never waited on the lock"
@@ -199,9 +242,13 @@ def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_r
     else:  # killed once the new snapshot folder appears, wherever publication has got to by then (four files,
         # each synced to disk, leave time for every point before the manifest); never past latest.json (locked)
         with latest_json_locked(exports, cid):
-            export = subprocess.Popen([CLI, "export", cid, "--format", "csv", "--format", "jsonl", "--format",
-                                       "parquet"], cwd=tmp_path, env={**os.environ, **env},
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            export = subprocess.Popen(
+                [CLI, "export", cid, "--format", "csv", "--format", "jsonl", "--format", "parquet"],
+                cwd=tmp_path,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 120
             while snapshot_folders(exports, cid) == published:
                 assert export.poll() is None and time.monotonic() < deadline, "the export never started publishing"
@@ -222,7 +269,7 @@ def test_a_killed_export_command_leaves_latest_json_on_a_complete_snapshot_and_r
 
     # Within the grace period leftovers may be an export still running: nothing goes.
     assert apply_retention(destination, 30) == [] and apply_staging_retention(temp_dir) == []
-    later = dt.datetime.now(dt.timezone.utc) + PAST_THE_GRACE
+    later = dt.datetime.now(dt.UTC) + PAST_THE_GRACE
     removed = apply_retention(destination, 30, now=later) + apply_staging_retention(temp_dir, now=later)
     assert {key for r in removed if r.reason != "staging" for key in r.keys} == leftovers
     assert [r.reason for r in removed if r.reason == "staging"] == ["staging"]

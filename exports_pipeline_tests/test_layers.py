@@ -1,4 +1,5 @@
 """The rule that puts each test in one layer (conftest.layer_of; README, "Tests"), on stand-in items."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,17 +21,20 @@ class StandIn:
         return (getattr(pytest.mark, name).mark for name in self.marks)
 
 
-@pytest.mark.parametrize("marks, fixtures, layer", [
-    ([], [], "unit"),
-    ([], ["tmp_path", "sqlite_url"], "unit"),
-    (["parametrize", "dagster"], ["tmp_path"], "dagster"),
-    (["integration"], [], "integration"),  # starts a server itself
-    ([], ["pg_url", "make_pg_database"], "integration"),  # pg_url brings make_pg_database
-    ([], ["s3_bucket", "s3_endpoint"], "integration"),
-    ([], ["smtp_server"], "integration"),
-    (["dagster"], ["make_pg_database"], "integration"),  # dg.materialize on PostgreSQL
-    (["dagster", "integration"], [], "integration"),  # a parameter's mark outranks its function's
-])
+@pytest.mark.parametrize(
+    "marks, fixtures, layer",
+    [
+        ([], [], "unit"),
+        ([], ["tmp_path", "sqlite_url"], "unit"),
+        (["parametrize", "dagster"], ["tmp_path"], "dagster"),
+        (["integration"], [], "integration"),  # starts a server itself
+        ([], ["pg_url", "make_pg_database"], "integration"),  # pg_url brings make_pg_database
+        ([], ["s3_bucket", "s3_endpoint"], "integration"),
+        ([], ["smtp_server"], "integration"),
+        (["dagster"], ["make_pg_database"], "integration"),  # dg.materialize on PostgreSQL
+        (["dagster", "integration"], [], "integration"),  # a parameter's mark outranks its function's
+    ],
+)
 def test_the_heaviest_of_marks_and_fixtures_decides(marks, fixtures, layer):
     assert layer_of(StandIn(marks, fixtures)) == layer
 

@@ -1,5 +1,6 @@
 """Many campaigns per run (issue 14): a run over a range of campaign partitions publishes, materializes and
 checks each campaign on its own, and a campaign that fails fails alone."""
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,23 @@ def source(pg_url) -> str:
     """The awkward source, where campaign C2 holds a NaN cost: its export fails naming the attempt."""
     awkward.load(pg_url)
     with psycopg.connect(pg_url) as conn:
-        conn.execute("INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
-                     f"VALUES ('{NAN_ATTEMPT}', '{C2}', '{awkward.K5}', 9, 'failed', 'NaN')")
+        conn.execute(
+            "INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
+            f"VALUES ('{NAN_ATTEMPT}', '{C2}', '{awkward.K5}', 9, 'failed', 'NaN')"
+        )
     return pg_url
 
 
 def _range_run(instance, pg_url: str, out: Path, selection=DEFAULT_EXPORT_KEYS) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions("campaigns", CAMPAIGNS)
-    return dg.materialize([campaign_export], selection=selection, instance=instance, raise_on_error=False,
-                          tags={"dagster/asset_partition_range_start": C1, "dagster/asset_partition_range_end": EMPTY},
-                          resources={"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(out))})
+    return dg.materialize(
+        [campaign_export],
+        selection=selection,
+        instance=instance,
+        raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": C1, "dagster/asset_partition_range_end": EMPTY},
+        resources={"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(out))},
+    )
 
 
 def _materialized(result) -> dict[str, set[str]]:
@@ -59,7 +67,7 @@ def test_a_failing_campaign_fails_alone_and_the_others_publish(source, tmp_path)
         assert not result.success
         default_keys = {k.to_user_string() for k in DEFAULT_EXPORT_KEYS}
         assert _materialized(result) == {C1: default_keys, EMPTY: default_keys}
-        failure, = result.get_step_failure_events()
+        (failure,) = result.get_step_failure_events()
         message = failure.event_specific_data.error.message
         assert f"export of campaign {C2} failed" in message and NAN_ATTEMPT in message and C1 not in message
         evaluations = {(e.partition, e.check_name): e.passed for e in result.get_asset_check_evaluations()}
@@ -101,7 +109,7 @@ def test_a_range_run_of_xlsx_alone_writes_only_xlsx(source, tmp_path):
         result = _range_run(instance, source, tmp_path, selection=[xlsx])
         assert _materialized(result) == {C1: {"campaign_results_xlsx"}, EMPTY: {"campaign_results_xlsx"}}
         assert not result.get_asset_check_evaluations()  # the CSV's checks were not selected
-    snapshot, = _snapshots(tmp_path, C1)
+    (snapshot,) = _snapshots(tmp_path, C1)
     assert (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.xlsx").exists()
     assert not (tmp_path / f"campaign_id={C1}" / snapshot / "campaign_results.csv").exists()
 
@@ -116,8 +124,11 @@ def test_only_the_failed_campaigns_partitions_show_failed(source, tmp_path, monk
         assert not result.success
         for key in DEFAULT_EXPORT_KEYS:
             status = instance.get_status_by_partition(key, CAMPAIGNS, campaigns_partitions)
-            assert status == {C1: dg.AssetPartitionStatus.MATERIALIZED, C2: dg.AssetPartitionStatus.FAILED,
-                              EMPTY: dg.AssetPartitionStatus.MATERIALIZED}, key
+            assert status == {
+                C1: dg.AssetPartitionStatus.MATERIALIZED,
+                C2: dg.AssetPartitionStatus.FAILED,
+                EMPTY: dg.AssetPartitionStatus.MATERIALIZED,
+            }, key
 
 
 def test_a_run_holds_at_most_four_source_sessions_and_one_snapshot(source, tmp_path, monkeypatch):
@@ -133,9 +144,12 @@ def test_a_run_holds_at_most_four_source_sessions_and_one_snapshot(source, tmp_p
                 sessions, snapshots = monitor.execute(
                     # Sessions reading one snapshot share its xmin.
                     "SELECT count(*), count(DISTINCT backend_xmin::text) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = 'exports-pipeline'").fetchone()
-                peaks["sessions"], peaks["snapshots"] = max(peaks["sessions"], sessions), max(peaks["snapshots"],
-                                                                                             snapshots)
+                    "WHERE datname = current_database() AND application_name = 'exports-pipeline'"
+                ).fetchone()
+                peaks["sessions"], peaks["snapshots"] = (
+                    max(peaks["sessions"], sessions),
+                    max(peaks["snapshots"], snapshots),
+                )
                 time.sleep(0.005)
 
     sampler = threading.Thread(target=sample)

@@ -1,5 +1,6 @@
 """Sensors, the nightly schedule and the catalog, evaluated against a seeded PostgreSQL source and a
 PostgreSQL-backed Dagster instance. Partition requests are applied to the instance as the daemon does."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,13 +17,13 @@ from exports_pipeline.core.source import open_source
 from exports_pipeline.defs import schedules, sensors
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
+from exports_pipeline.defs.run_requests import RANGE_END, RANGE_START, stretches
 from exports_pipeline.defs.schedules import nightly_changed_campaigns
 from exports_pipeline.defs.sensors import campaign_sensors
-from exports_pipeline.defs.run_requests import RANGE_END, RANGE_START, stretches
 from exports_pipeline.run_tags import campaign_name_tag, missing_export_tags
 
 campaign_partitions_sensor, campaign_completed_sensor = campaign_sensors()
-SEED_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=30)
+SEED_NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=30)
 TAGS = {"formats": "csv,parquet"}
 
 
@@ -53,8 +54,11 @@ def sql(url: str, statement: str, params=()) -> list[tuple]:
 
 def insert_campaign(url: str, status: str, created_at: dt.datetime) -> str:
     cid = str(uuid.uuid4())
-    sql(url, "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) "
-             "VALUES (%s, 'x', %s, %s, %s, %s)", (cid, str(uuid.uuid4()), status, created_at, created_at))
+    sql(
+        url,
+        "INSERT INTO campaigns (id, name, owner_id, status, created_at, updated_at) VALUES (%s, 'x', %s, %s, %s, %s)",
+        (cid, str(uuid.uuid4()), status, created_at, created_at),
+    )
     return cid
 
 
@@ -66,7 +70,7 @@ def by_campaign(requests: list[dg.RunRequest], order: list[str]) -> dict[str, dg
             found[request.partition_key] = request
         else:
             start, end = order.index(request.tags[RANGE_START]), order.index(request.tags[RANGE_END])
-            found |= {cid: request for cid in order[start:end + 1]}
+            found |= dict.fromkeys(order[start : end + 1], request)
     return found
 
 
@@ -76,8 +80,9 @@ def name_tag(url: str, cid: str) -> dict[str, str]:
 
 def evaluate(sensor, instance, cursor, url):
     """One tick: the sensor's result, with its partition requests applied as the daemon applies them."""
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"source": SourceDatabase(url=url)}) \
-            as context:
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"source": SourceDatabase(url=url)}
+    ) as context:
         result = sensor(context)
     for request in result.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
@@ -89,10 +94,18 @@ def evaluate(sensor, instance, cursor, url):
 
 
 def partition_changes(result) -> tuple[set, set]:
-    added = {k for r in result.dynamic_partitions_requests if isinstance(r, dg.AddDynamicPartitionsRequest)
-             for k in r.partition_keys}
-    removed = {k for r in result.dynamic_partitions_requests if isinstance(r, dg.DeleteDynamicPartitionsRequest)
-               for k in r.partition_keys}
+    added = {
+        k
+        for r in result.dynamic_partitions_requests
+        if isinstance(r, dg.AddDynamicPartitionsRequest)
+        for k in r.partition_keys
+    }
+    removed = {
+        k
+        for r in result.dynamic_partitions_requests
+        if isinstance(r, dg.DeleteDynamicPartitionsRequest)
+        for k in r.partition_keys
+    }
     return added, removed
 
 
@@ -116,11 +129,12 @@ def test_partition_sensor_registers_every_campaign_a_capped_tick_at_a_time(sourc
         assert len(added) <= 4 and not removed
         ticks.append(added)
     assert len(ticks) >= 2 and set(instance.get_dynamic_partitions("campaigns")) == campaigns
-    latest_created = sql(source_url, "SELECT created_at, id::text FROM campaigns ORDER BY created_at DESC, id DESC "
-                                     "LIMIT 1")[0]
+    latest_created = sql(
+        source_url, "SELECT created_at, id::text FROM campaigns ORDER BY created_at DESC, id DESC LIMIT 1"
+    )[0]
     state = json.loads(cursor)  # a small JSON watermark that the next tick reads back
     assert set(state) == {"created", "scan"}
-    assert state["created"] == [latest_created[0].astimezone(dt.timezone.utc).isoformat(), latest_created[1]]
+    assert state["created"] == [latest_created[0].astimezone(dt.UTC).isoformat(), latest_created[1]]
 
 
 def test_partition_sensor_late_commits_new_and_deleted_campaigns(source_url, instance, monkeypatch):
@@ -131,9 +145,15 @@ def test_partition_sensor_late_commits_new_and_deleted_campaigns(source_url, ins
     late = insert_campaign(source_url, "draft", watermark - dt.timedelta(minutes=5))  # committed after the tick
     too_late = {insert_campaign(source_url, "draft", watermark - dt.timedelta(days=d)) for d in (2, 3)}
     fresh = insert_campaign(source_url, "draft", watermark + dt.timedelta(seconds=1))
-    deleted = {r[0] for r in sql(source_url, "DELETE FROM campaigns WHERE id IN (SELECT id FROM campaigns "
-                                             "WHERE id <> ALL(%s::uuid[]) LIMIT 2) RETURNING id::text",
-                                 ([late, *too_late, fresh],))}
+    deleted = {
+        r[0]
+        for r in sql(
+            source_url,
+            "DELETE FROM campaigns WHERE id IN (SELECT id FROM campaigns "
+            "WHERE id <> ALL(%s::uuid[]) LIMIT 2) RETURNING id::text",
+            ([late, *too_late, fresh],),
+        )
+    }
 
     monkeypatch.setattr(sensors, "SCAN_PER_TICK", 0)  # the watermark and its look-back window alone
     added, removed = partition_changes(evaluate(campaign_partitions_sensor, instance, cursor, source_url))
@@ -148,8 +168,9 @@ def test_partition_sensor_late_commits_new_and_deleted_campaigns(source_url, ins
         cursor = result.cursor
         added, removed = partition_changes(result)
         assert added <= too_late and removed <= deleted and len(added) <= 1 and len(removed) <= 1
-    assert set(instance.get_dynamic_partitions("campaigns")) == {r[0] for r in sql(source_url,
-                                                                                   "SELECT id::text FROM campaigns")}
+    assert set(instance.get_dynamic_partitions("campaigns")) == {
+        r[0] for r in sql(source_url, "SELECT id::text FROM campaigns")
+    }
 
 
 def test_partition_sensor_never_empties_everything_on_an_empty_source(pg_url, instance):
@@ -166,12 +187,21 @@ def test_completion_sensor_first_tick_exact_requests_and_late_commits(source_url
     assert abs(since - sql(source_url, "SELECT now()")[0][0]) < dt.timedelta(minutes=1)
 
     running = [r[0] for r in sql(source_url, "SELECT id::text FROM campaigns WHERE status = 'running' ORDER BY id")]
-    (completed_at,), = sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = now(), "
-                                       "updated_at = now() WHERE id = %s RETURNING completed_at", (running[0],))
+    ((completed_at,),) = sql(
+        source_url,
+        "UPDATE campaigns SET status = 'completed', completed_at = now(), "
+        "updated_at = now() WHERE id = %s RETURNING completed_at",
+        (running[0],),
+    )
     second = evaluate(campaign_completed_sensor, instance, first.cursor, source_url)
-    newest = completed_at.astimezone(dt.timezone.utc).isoformat()
+    newest = completed_at.astimezone(dt.UTC).isoformat()
     assert [(r.run_key, r.partition_key, r.tags) for r in second.run_requests] == [
-        (f"{running[0]}:completed:{newest}", running[0], {"campaign_id": running[0], **name_tag(source_url, running[0]), "trigger": "sensor", **TAGS})]
+        (
+            f"{running[0]}:completed:{newest}",
+            running[0],
+            {"campaign_id": running[0], **name_tag(source_url, running[0]), "trigger": "sensor", **TAGS},
+        )
+    ]
     assert second.run_requests[0].tags["campaign_name"]
     assert partition_changes(second)[0] == {running[0]}  # not registered yet: the same tick registers it
 
@@ -179,8 +209,11 @@ def test_completion_sensor_first_tick_exact_requests_and_late_commits(source_url
     # tick): the look-back window finds it; the first completion, read again there, is not exported again.
     after = dt.datetime.fromisoformat(json.loads(second.cursor)["after"][0])
     late_time = since + (after - since) / 2
-    sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
-        (late_time, late_time, running[1]))
+    sql(
+        source_url,
+        "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
+        (late_time, late_time, running[1]),
+    )
     third = evaluate(campaign_completed_sensor, instance, second.cursor, source_url)
     assert [r.partition_key for r in third.run_requests] == [running[1]]
     assert json.loads(third.cursor)["after"] == json.loads(second.cursor)["after"]
@@ -190,8 +223,11 @@ def test_completion_sensor_first_tick_exact_requests_and_late_commits(source_url
     now = sql(source_url, "SELECT now()")[0][0]
     rest = running[2:]
     for cid in rest:
-        sql(source_url, "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
-            (now, now, cid))
+        sql(
+            source_url,
+            "UPDATE campaigns SET status = 'completed', completed_at = %s, updated_at = %s WHERE id = %s",
+            (now, now, cid),
+        )
     fourth = evaluate(campaign_completed_sensor, instance, third.cursor, source_url)
     order = instance.get_dynamic_partitions("campaigns")
     assert set(by_campaign(fourth.run_requests, order)) == set(rest)
@@ -202,7 +238,7 @@ def test_catalog_fingerprints_equal_the_source_readers(source_url):
     empty = insert_campaign(source_url, "draft", SEED_NOW)
     ids = [r[0] for r in sql(source_url, "SELECT id::text FROM campaigns")]
     with open_catalog(source_url) as catalog:
-        found = catalog.fingerprints(ids + [str(uuid.uuid4()), "not-a-uuid"])
+        found = catalog.fingerprints([*ids, str(uuid.uuid4()), "not-a-uuid"])
     with open_source(source_url) as source:
         assert found == {cid: source.fingerprint(cid) for cid in ids}
     assert found[empty]["contacts_count"] == 0 and found[empty]["contacts_max_updated_at"] is None
@@ -211,7 +247,7 @@ def test_catalog_fingerprints_equal_the_source_readers(source_url):
 def test_sqlite_catalog_lists_campaigns_in_keyset_order(sqlite_url):
     seeded = seed_source(sqlite_url, contacts=30, campaigns=5, seed=2, now=SEED_NOW)
     with open_catalog(sqlite_url) as catalog:
-        rows = catalog.created_after((dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), sensors.NIL_ID), 10)
+        rows = catalog.created_after((dt.datetime(1970, 1, 1, tzinfo=dt.UTC), sensors.NIL_ID), 10)
         assert sorted(r.id for r in rows) == sorted(seeded)
         assert [r.created_position for r in rows] == sorted(r.created_position for r in rows)
         assert catalog.created_after(rows[1].created_position, 2) == rows[2:4]
@@ -228,14 +264,25 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
 
     ids = [r[0] for r in sql(source_url, "SELECT id::text FROM campaigns ORDER BY id")]
     instance.add_dynamic_partitions("campaigns", ids)
-    running, completed = (sql(source_url, "SELECT id::text FROM campaigns WHERE status = %s LIMIT 1", (s,))[0][0]
-                          for s in ("running", "completed"))
+    running, completed = (
+        sql(source_url, "SELECT id::text FROM campaigns WHERE status = %s LIMIT 1", (s,))[0][0]
+        for s in ("running", "completed")
+    )
     for cid in (running, completed):
-        assert dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=cid, resources=resources()).success
+        assert dg.materialize(
+            [campaign_export],
+            selection=DEFAULT_EXPORT_KEYS,
+            instance=instance,
+            partition_key=cid,
+            resources=resources(),
+        ).success
 
     def nightly() -> dict[str, dg.RunRequest]:
-        with dg.build_schedule_context(instance=instance, resources=resources(), scheduled_execution_time=dt.datetime(
-                2026, 11, 22, 2, tzinfo=dt.timezone.utc)) as context:
+        with dg.build_schedule_context(
+            instance=instance,
+            resources=resources(),
+            scheduled_execution_time=dt.datetime(2026, 11, 22, 2, tzinfo=dt.UTC),
+        ) as context:
             result = nightly_changed_campaigns(context)
         return {} if isinstance(result, dg.SkipReason) else by_campaign(result, ids)
 
@@ -254,19 +301,31 @@ def test_nightly_schedule_requests_exactly_the_changed_campaigns(source_url, ins
             assert request.run_key == f"{first}..{last}:nightly:2026-11-22"
             assert request.tags == {RANGE_START: first, RANGE_END: last, "trigger": "schedule", **TAGS}
 
-    sql(source_url, "UPDATE contacts SET updated_at = now() WHERE id = (SELECT id FROM contacts "
-                    "WHERE campaign_id = %s LIMIT 1)", (running,))
-    sql(source_url, "DELETE FROM call_attempts WHERE id = (SELECT id FROM call_attempts WHERE campaign_id = %s "
-                    "ORDER BY coalesce(ended_at, started_at) LIMIT 1)", (completed,))  # a count, not a time, changes
+    sql(
+        source_url,
+        "UPDATE contacts SET updated_at = now() WHERE id = (SELECT id FROM contacts WHERE campaign_id = %s LIMIT 1)",
+        (running,),
+    )
+    sql(
+        source_url,
+        "DELETE FROM call_attempts WHERE id = (SELECT id FROM call_attempts WHERE campaign_id = %s "
+        "ORDER BY coalesce(ended_at, started_at) LIMIT 1)",
+        (completed,),
+    )  # a count, not a time, changes
     assert set(nightly()) == set(ids)
     assert len({id(r) for r in nightly().values()}) == 1  # one range run: nothing lies between them now
     monkeypatch.setattr(schedules, "MAX_CAMPAIGNS_PER_NIGHT", 1)
     assert set(nightly()) == {running}  # the most recently active first
 
-    assert dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=running, resources=resources()).success
+    assert dg.materialize(
+        [campaign_export],
+        selection=DEFAULT_EXPORT_KEYS,
+        instance=instance,
+        partition_key=running,
+        resources=resources(),
+    ).success
     monkeypatch.setattr(schedules, "MAX_CAMPAIGNS_PER_NIGHT", 100)
     assert set(nightly()) == set(ids) - {running}
-
 
 
 def test_runs_that_dagster_creates_get_the_missing_export_tags():
@@ -279,25 +338,45 @@ def test_runs_that_dagster_creates_get_the_missing_export_tags():
     assert launchpad == {"campaign_id": cid, "campaign_name": "Q3", "trigger": "manual", "formats": "csv,xlsx"}
     asset_backfill = missing({"dagster/partition": cid, "dagster/backfill": "abcdefgh"})
     assert asset_backfill == {"campaign_id": cid, "trigger": "backfill", **TAGS}  # no name known: no name tag
-    range_run = missing({"dagster/asset_partition_range_start": cid, "dagster/asset_partition_range_end": cid[:-1] + "9",
-                         "dagster/backfill": "abcdefgh"}, name="Q3")
+    range_run = missing(
+        {
+            "dagster/asset_partition_range_start": cid,
+            "dagster/asset_partition_range_end": cid[:-1] + "9",
+            "dagster/backfill": "abcdefgh",
+        },
+        name="Q3",
+    )
     assert range_run == {"trigger": "backfill", **TAGS}  # many campaigns: no campaign_id, no name
-    assert missing({"dagster/partition": cid, "dagster/schedule_name": "n", "trigger": "schedule", "campaign_id": cid,
-                    "campaign_name": "Q3"}, name="other") == TAGS
+    assert (
+        missing(
+            {
+                "dagster/partition": cid,
+                "dagster/schedule_name": "n",
+                "trigger": "schedule",
+                "campaign_id": cid,
+                "campaign_name": "Q3",
+            },
+            name="other",
+        )
+        == TAGS
+    )
 
 
-@pytest.mark.parametrize("name, tag", [
-    ("Spring survey", "Spring survey"),
-    ('Spring, "promo"\r\nline\t\x1b[31m', 'Spring, "promo" line [31m'),  # one line, no terminal escapes
-    ("  \n ", None),  # no name, no tag
-    ("x" * 63, "x" * 63),
-    ("x" * 64, "x" * 62 + "…"),
-    ("é" * 70, "é" * 62 + "…"),  # code points, not bytes
-    ("x" * 61 + "e\u0301", "x" * 61 + "e\u0301"),  # 63 code points: kept whole
-    ("x" * 61 + "e\u0301" + "y", "x" * 61 + "…"),  # the accent is never cut from its letter
-    ("x" * 61 + "👍\U0001f3fd" + "y", "x" * 61 + "…"),  # nor a skin tone from its emoji
-    ("x" * 58 + "👨\u200d👩\u200d👧" + "y", "x" * 58 + "…"),  # nor a family emoji taken apart
-])
+@pytest.mark.parametrize(
+    "name, tag",
+    [
+        ("Spring survey", "Spring survey"),
+        ('Spring, "promo"\r\nline\t\x1b[31m', 'Spring, "promo" line [31m'),  # one line, no terminal escapes
+        ("  \n ", None),  # no name, no tag
+        ("x" * 63, "x" * 63),
+        ("x" * 64, "x" * 62 + "…"),
+        ("é" * 70, "é" * 62 + "…"),  # code points, not bytes
+        ("x" * 61 + "e\u0301", "x" * 61 + "e\u0301"),  # 63 code points: kept whole
+        ("x" * 61 + "e\u0301" + "y", "x" * 61 + "…"),  # the accent is never cut from its letter
+        ("x" * 61 + "👍\U0001f3fd" + "y", "x" * 61 + "…"),  # nor a skin tone from its emoji
+        ("x" * 58 + "👨\u200d👩\u200d👧" + "y", "x" * 58 + "…"),  # nor a family emoji taken apart
+    ],
+)
 def test_the_name_tag_is_the_name_on_one_line_cut_whole_at_63_characters(name, tag):
     assert campaign_name_tag(name) == ({"campaign_name": tag} if tag else {})
 
@@ -307,7 +386,7 @@ def test_catalogs_give_the_names_of_existing_campaigns(source_url, sqlite_url):
     for url in (source_url, sqlite_url):
         with open_catalog(url) as catalog:
             ids = catalog.ids_after(None, 100)
-            names = catalog.names(ids[:2] + [str(uuid.uuid4()), "not-a-uuid"])
+            names = catalog.names([*ids[:2], str(uuid.uuid4()), "not-a-uuid"])
         with open_source(url) as source:
             assert names == {cid: source.campaign(cid).name for cid in ids[:2]}
 
@@ -322,8 +401,7 @@ def test_a_run_dagster_creates_tags_itself_with_the_campaigns_name(pg_url, tmp_p
     monkeypatch.setenv("EXPORTS_DESTINATION", str(tmp_path / "out"))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [awkward.C1])
-        result = defs.resolve_job_def("export_campaign").execute_in_process(partition_key=awkward.C1,
-                                                                           instance=instance)
+        result = defs.resolve_job_def("export_campaign").execute_in_process(partition_key=awkward.C1, instance=instance)
         tags = instance.get_run_by_id(result.run_id).tags
     assert tags["campaign_name"] == 'Spring, "promo" line'
     assert (tags["trigger"], tags["campaign_id"], tags["formats"]) == ("manual", awkward.C1, "csv,parquet")
@@ -336,12 +414,22 @@ def test_run_history_retention_keeps_each_campaigns_latest_export(source_url, in
     cid = sql(source_url, "SELECT id::text FROM campaigns LIMIT 1")[0][0]
     unknown = str(uuid.uuid4())
     instance.add_dynamic_partitions("campaigns", [cid, unknown])
-    runs = [dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=key, resources=resources,
-                           raise_on_error=False) for key in (cid, cid, unknown)]
+    runs = [
+        dg.materialize(
+            [campaign_export],
+            selection=DEFAULT_EXPORT_KEYS,
+            instance=instance,
+            partition_key=key,
+            resources=resources,
+            raise_on_error=False,
+        )
+        for key in (cid, cid, unknown)
+    ]
     assert [r.success for r in runs] == [True, True, False]
 
     purge = defs.resolve_job_def("run_history_retention").execute_in_process(
-        instance=instance, run_config={"ops": {"purge_run_history": {"config": {"keep_days": 0}}}})
+        instance=instance, run_config={"ops": {"purge_run_history": {"config": {"keep_days": 0}}}}
+    )
     assert purge.output_for_node("purge_run_history") == 2
     remaining = {r.run_id for r in instance.get_runs()}
     assert runs[1].run_id in remaining and not remaining & {runs[0].run_id, runs[2].run_id}

@@ -1,5 +1,6 @@
 """Small campaigns read together from one source snapshot (core/reading.py): each campaign's files are the
 bytes of its export read on its own, and what the shared read cannot serve is left to the campaign's own read."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -34,17 +35,22 @@ def corpus(request, make_pg_database, tmp_path) -> str:
 
 
 def _execute(url: str, sql: str) -> None:
-    with (sqlite3.connect(sqlite_path(url)) if url.startswith("sqlite") else psycopg.connect(url)) as conn:
+    with sqlite3.connect(sqlite_path(url)) if url.startswith("sqlite") else psycopg.connect(url) as conn:
         conn.execute(sql)
 
 
 def _outcome(url: str, campaign_id: str, options: ExportOptions, shared_read=None) -> dict:
     """What an export staged: each row file's bytes, and what it counted and checked."""
     with stage_export(url, campaign_id, options, "run00001", shared_read=shared_read) as staged:
-        return {"files": {f.format: f.path.read_bytes() for f in staged.files if f.format in ROW_FORMATS},
-                "rows": staged.rows, "anomalies": staged.anomalies, "fingerprint": staged.fingerprint,
-                "checks": [(c.name, c.passed, c.metadata) for c in staged.checks],
-                "preview": staged.preview.rows(), "figures": {k: v for k, v in staged.stats.items() if k not in SNAPSHOT_TIME_FIGURES}}
+        return {
+            "files": {f.format: f.path.read_bytes() for f in staged.files if f.format in ROW_FORMATS},
+            "rows": staged.rows,
+            "anomalies": staged.anomalies,
+            "fingerprint": staged.fingerprint,
+            "checks": [(c.name, c.passed, c.metadata) for c in staged.checks],
+            "preview": staged.preview.rows(),
+            "figures": {k: v for k, v in staged.stats.items() if k not in SNAPSHOT_TIME_FIGURES},
+        }
 
 
 def _shared(url: str, options: ExportOptions = OPTIONS) -> dict:
@@ -71,8 +77,11 @@ def test_chunks_and_large_campaigns_change_nothing_written(corpus, monkeypatch):
 
 def test_a_campaign_the_shared_read_cannot_serve_is_left_to_its_own_read(corpus):
     nan = "b0000000-0000-4000-8000-0000000000ff"
-    _execute(corpus, "INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
-                     f"VALUES ('{nan}', '{C2}', '{awkward.K5}', 9, 'failed', 'NaN')")
+    _execute(
+        corpus,
+        "INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, cost_usd) "
+        f"VALUES ('{nan}', '{C2}', '{awkward.K5}', 9, 'failed', 'NaN')",
+    )
     missing = "d0000000-0000-4000-8000-000000000000"
     order = list(campaigns_in_read_order(corpus, [missing, *CAMPAIGNS], OPTIONS))
     assert sorted(cid for cid, read in order if read is None) == sorted([missing, C2])

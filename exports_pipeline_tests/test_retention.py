@@ -1,12 +1,12 @@
 """Retention on a local folder and on S3 (moto's server), as plain functions and as the Dagster job."""
+
 from __future__ import annotations
 
 import os
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-
 import pytest
 
 from exports_pipeline.core.destinations import LocalDestination
@@ -31,7 +31,7 @@ def folder(snapshot: str) -> str:
 
 def build_history(destination) -> dict[str, str]:
     """One campaign's snapshots by role, written through the destination as publication would."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     snapshots = {
         "expired": snapshot_name(now - timedelta(days=40), "aaaaaaaa"),
         "latest": snapshot_name(now - timedelta(days=35), "bbbbbbbb"),  # old, but latest.json names it
@@ -60,10 +60,12 @@ def test_retention_dry_run_lists_then_deletes_old_and_leftovers_never_latest(des
     now = apply_retention(destination, 30, dry_run=True)
     assert [(r.path, r.reason) for r in now] == [(folder(snapshots["expired"]), "expired")]
 
-    later = datetime.now(timezone.utc) + timedelta(days=1, hours=1)
+    later = datetime.now(UTC) + timedelta(days=1, hours=1)
     planned = apply_retention(destination, 30, dry_run=True, now=later)
-    assert sorted((r.path, r.reason) for r in planned) == [(folder(snapshots["expired"]), "expired"),
-                                                          (folder(snapshots["incomplete"]), "incomplete")]
+    assert sorted((r.path, r.reason) for r in planned) == [
+        (folder(snapshots["expired"]), "expired"),
+        (folder(snapshots["incomplete"]), "incomplete"),
+    ]
     assert keys(destination) == before  # a dry run deletes nothing
 
     assert apply_retention(destination, 30, now=later) == planned
@@ -71,6 +73,7 @@ def test_retention_dry_run_lists_then_deletes_old_and_leftovers_never_latest(des
     assert f"{folder(snapshots['recent'])}/manifest.json" in keys(destination)
     assert "notes/readme.txt" in keys(destination)  # not the export layout: never touched
     assert read_manifest(destination, C1) == {"files": []}  # latest.json still leads to its snapshot
+
 
 def test_local_partial_files_of_interrupted_writes_are_leftovers(tmp_path):
     destination = LocalDestination(tmp_path)
@@ -80,10 +83,11 @@ def test_local_partial_files_of_interrupted_writes_are_leftovers(tmp_path):
     for path in (*stale, fresh):
         path.write_bytes(b"half")
     for path in stale:
-        os.utime(path, (0, (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()))
+        os.utime(path, (0, (datetime.now(UTC) - timedelta(days=2)).timestamp()))
     removed = apply_retention(destination, 30)
     assert sorted((r.path, r.reason) for r in removed if r.reason == "partial") == sorted(
-        (p.relative_to(tmp_path).as_posix(), "partial") for p in stale)
+        (p.relative_to(tmp_path).as_posix(), "partial") for p in stale
+    )
     assert not any(p.exists() for p in stale) and fresh.exists()
     assert not (tmp_path / folder(snapshots["expired"])).exists()  # the emptied folder went too
     assert read_manifest(destination, C1) == {"files": []}
@@ -92,7 +96,7 @@ def test_local_partial_files_of_interrupted_writes_are_leftovers(tmp_path):
 def empty_folder(path, age: timedelta = timedelta(0)):
     """An empty folder last changed age ago."""
     path.mkdir(parents=True)
-    when = (datetime.now(timezone.utc) - age).timestamp()
+    when = (datetime.now(UTC) - age).timestamp()
     os.utime(path, (when, when))
     return path
 
@@ -101,15 +105,19 @@ def test_local_empty_snapshot_folders_of_killed_runs_are_leftovers(tmp_path):
     """An export killed between creating its snapshot folder and writing its first file leaves the folder empty."""
     destination = LocalDestination(tmp_path)
     build_history(destination)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     named = snapshot_name(now - timedelta(days=1), "eeeeeeee")
     assert move_latest(destination, C1, named, f"{folder(named)}/manifest.json")
-    stale = [empty_folder(tmp_path / folder(snapshot_name(now - timedelta(days=2), "ffffffff")), timedelta(days=2)),
-             empty_folder(tmp_path / f"campaign_id={C2}" / snapshot_name(now, "abababab"), timedelta(days=2))]
-    kept = [empty_folder(tmp_path / folder(named), timedelta(days=2)),  # latest.json names it
-            empty_folder(tmp_path / folder(snapshot_name(now, "cdcdcdcd"))),  # within the grace: maybe still running
-            empty_folder(tmp_path / f"campaign_id={C1}" / "not-a-snapshot", timedelta(days=2)),
-            empty_folder(tmp_path / "notes" / "empty", timedelta(days=2))]
+    stale = [
+        empty_folder(tmp_path / folder(snapshot_name(now - timedelta(days=2), "ffffffff")), timedelta(days=2)),
+        empty_folder(tmp_path / f"campaign_id={C2}" / snapshot_name(now, "abababab"), timedelta(days=2)),
+    ]
+    kept = [
+        empty_folder(tmp_path / folder(named), timedelta(days=2)),  # latest.json names it
+        empty_folder(tmp_path / folder(snapshot_name(now, "cdcdcdcd"))),  # within the grace: maybe still running
+        empty_folder(tmp_path / f"campaign_id={C1}" / "not-a-snapshot", timedelta(days=2)),
+        empty_folder(tmp_path / "notes" / "empty", timedelta(days=2)),
+    ]
     expected = sorted((p.relative_to(tmp_path).as_posix(), "incomplete") for p in stale)
 
     planned = apply_retention(destination, 30, dry_run=True)
@@ -130,7 +138,9 @@ def test_retention_job_and_its_daily_schedule(destination_url, tmp_path, monkeyp
     def run(dry_run: bool):
         result = export_retention.execute_in_process(
             run_config={"ops": {"apply_export_retention": {"config": {"retention_days": 30, "dry_run": dry_run}}}},
-            resources={"destination": resource}, instance=instance)
+            resources={"destination": resource},
+            instance=instance,
+        )
         assert result.success
         output = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
         return result.output_for_node("apply_export_retention"), output.step_output_data.metadata

@@ -3,6 +3,7 @@
 Every client here is the one ExportDestination builds (standard retries, SigV4, the settings for an
 S3-compatible endpoint); faults are injected with botocore 'before-send' handlers, no mocking.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,14 +72,17 @@ def s3_error(status: int, code: str) -> AWSResponse:
 
 # ------------------------------------------------------------------------------------------ publication
 
+
 def test_layout_key_names_and_manifest_checksums(awkward_pg, s3_bucket):
     destination = s3_destination(s3_bucket)
     published = publish(awkward_pg, destination, run_id="1a2b3c4d-rest-of-run-id")
     folder = f"campaign_id={C1}/{published.snapshot}"
     keys = sorted(o["Key"] for o in destination.client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     manifest = json.loads(get(destination, f"{folder}/manifest.json"))
-    assert keys == sorted([f"{PREFIX}/{folder}/{f['name']}" for f in manifest["files"]]
-                          + [f"{PREFIX}/{folder}/manifest.json", f"{PREFIX}/campaign_id={C1}/latest.json"])
+    assert keys == sorted(
+        [f"{PREFIX}/{folder}/{f['name']}" for f in manifest["files"]]
+        + [f"{PREFIX}/{folder}/manifest.json", f"{PREFIX}/campaign_id={C1}/latest.json"]
+    )
     # ids, snapshot names and fixed file names only: no contact or campaign data in any key
     assert all(re.fullmatch(rf"{PREFIX}/campaign_id={C1}/(latest\.json|{SNAPSHOT}/[a-z_]+\.[a-z.]+)", k) for k in keys)
     assert published.snapshot.endswith("Z-1a2b3c4d")
@@ -87,19 +91,28 @@ def test_layout_key_names_and_manifest_checksums(awkward_pg, s3_bucket):
         assert record["bytes"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
     assert get(destination, f"{folder}/campaign_results.csv") == awkward.expected_csv()
     assert json.loads(get(destination, f"campaign_id={C1}/latest.json")) == {
-        "snapshot": published.snapshot, "manifest": f"{folder}/manifest.json"}
+        "snapshot": published.snapshot,
+        "manifest": f"{folder}/manifest.json",
+    }
     head = destination.client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}/{folder}/campaign_results.csv")
     assert head["ContentType"] == "text/csv; charset=utf-8"
 
 
-@pytest.mark.parametrize("sse, kms_key_id", [(None, None), ("AES256", None),
-                                             ("aws:kms", "arn:aws:kms:us-east-1:123456789012:key/exports")])
+@pytest.mark.parametrize(
+    "sse, kms_key_id", [(None, None), ("AES256", None), ("aws:kms", "arn:aws:kms:us-east-1:123456789012:key/exports")]
+)
 def test_server_side_encryption_is_requested_only_when_configured(s3_bucket, tmp_path, sse, kms_key_id):
     destination = ExportDestination(url=f"s3://{s3_bucket}/{PREFIX}", sse=sse, kms_key_id=kms_key_id).open()
     sent = []
-    destination.client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(
-        (request.headers.get("x-amz-server-side-encryption"), request.headers.get(
-            "x-amz-server-side-encryption-aws-kms-key-id"))))
+    destination.client.meta.events.register(
+        "before-send.s3.PutObject",
+        lambda request, **_: sent.append(
+            (
+                request.headers.get("x-amz-server-side-encryption"),
+                request.headers.get("x-amz-server-side-encryption-aws-kms-key-id"),
+            )
+        ),
+    )
     (tmp_path / "f.csv").write_bytes(b"a\n")
     destination.upload_file("k/f.csv", tmp_path / "f.csv", "text/csv")
     destination.put_bytes("k/manifest.json", b"{}", "application/json")
@@ -226,11 +239,15 @@ def test_latest_write_is_conditional_when_another_run_moves_it_in_between(s3_buc
 
 # ------------------------------------------------------------------------------------------ links
 
+
 def test_link_downloads_the_latest_file_with_its_name_and_expiry(awkward_pg, s3_bucket, tmp_path):
     destination = s3_destination(s3_bucket)
     published = publish(awkward_pg, destination, run_id="aaaaaaaa")
-    env = {"EXPORTS_SOURCE_URL": awkward_pg, "EXPORTS_DESTINATION": f"s3://{s3_bucket}/{PREFIX}",
-           "EXPORTS_LINK_EXPIRY_SECONDS": "120"}
+    env = {
+        "EXPORTS_SOURCE_URL": awkward_pg,
+        "EXPORTS_DESTINATION": f"s3://{s3_bucket}/{PREFIX}",
+        "EXPORTS_LINK_EXPIRY_SECONDS": "120",
+    }
     for fmt in ("csv", "parquet"):
         result = run_cli(["link", C1, "--format", fmt], tmp_path, **env)
         assert result.returncode == 0, result.stderr
@@ -238,8 +255,10 @@ def test_link_downloads_the_latest_file_with_its_name_and_expiry(awkward_pg, s3_
         assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["120"] and FAKE_AWS_SECRET not in url
         with urllib.request.urlopen(url) as response:
             assert response.read() == get(destination, published.file_keys[fmt])
-            assert response.headers["Content-Disposition"] == \
-                f'attachment; filename="campaign-{C1}-{published.snapshot}.{fmt}"'
+            assert (
+                response.headers["Content-Disposition"]
+                == f'attachment; filename="campaign-{C1}-{published.snapshot}.{fmt}"'
+            )
 
 
 def test_link_expiry_defaults_to_an_hour_and_is_validated(awkward_pg, s3_bucket, tmp_path):
@@ -271,10 +290,17 @@ def test_link_for_a_local_destination_is_the_path_and_no_export_is_a_clear_error
 
 # ------------------------------------------------------------------------------------------ Dagster
 
+
 def materialize(instance, resources):
     instance.add_dynamic_partitions("campaigns", [C1])
-    return dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, resources=resources,
-                          raise_on_error=False)
+    return dg.materialize(
+        [campaign_export],
+        selection=DEFAULT_EXPORT_KEYS,
+        instance=instance,
+        partition_key=C1,
+        resources=resources,
+        raise_on_error=False,
+    )
 
 
 def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3_bucket, monkeypatch):
@@ -285,8 +311,11 @@ def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3
         monkeypatch.delenv("EXPORTS_LINK_IN_METADATA", raising=False)
         result = materialize(instance, resources)
         assert result.success
-        csv = next(m.metadata for m in result.asset_materializations_for_node("campaign_export")
-                   if m.asset_key.to_user_string() == "campaign_results_csv")
+        csv = next(
+            m.metadata
+            for m in result.asset_materializations_for_node("campaign_export")
+            if m.asset_key.to_user_string() == "campaign_results_csv"
+        )
         key = f"campaign_id={C1}/{csv['snapshot'].value}/campaign_results.csv"
         assert csv["location"].value == f"{base}/{key}" and "download_link" not in csv
         assert get(destination, key) == awkward.expected_csv()
@@ -295,19 +324,27 @@ def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3
         monkeypatch.setenv("EXPORTS_DESTINATION", base)
         monkeypatch.setenv("EXPORTS_LINK_IN_METADATA", "true")
         again = materialize(instance, resources | {"destination": resources_from_env(os.environ)["destination"]})
-        csv = next(m.metadata for m in again.asset_materializations_for_node("campaign_export")
-                   if m.asset_key.to_user_string() == "campaign_results_csv")
+        csv = next(
+            m.metadata
+            for m in again.asset_materializations_for_node("campaign_export")
+            if m.asset_key.to_user_string() == "campaign_results_csv"
+        )
         link = csv["download_link"].value
         assert link.startswith("http") and parse_qs(urlsplit(link).query)["X-Amz-Expires"] == ["3600"]
         with urllib.request.urlopen(link) as response:
             assert response.read() == awkward.expected_csv()
         for run in (result, again):
             assert FAKE_AWS_SECRET not in "".join(repr(e) for e in instance.all_logs(run.run_id))
-        assert FAKE_AWS_SECRET not in get(destination, f"campaign_id={C1}/{csv['snapshot'].value}/manifest.json").decode()
+        assert (
+            FAKE_AWS_SECRET not in get(destination, f"campaign_id={C1}/{csv['snapshot'].value}/manifest.json").decode()
+        )
 
 
 def test_s3_failure_fails_the_run_naming_the_bucket_never_the_secret(awkward_pg, s3_endpoint):
-    resources = {"source": SourceDatabase(url=awkward_pg), "destination": ExportDestination(url="s3://no-such-bucket/x")}
+    resources = {
+        "source": SourceDatabase(url=awkward_pg),
+        "destination": ExportDestination(url="s3://no-such-bucket/x"),
+    }
     with dg.instance_for_test() as instance:
         result = materialize(instance, resources)
         assert not result.success

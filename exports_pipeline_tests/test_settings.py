@@ -2,13 +2,14 @@
 called by definitions.py), unset variables leave the defaults the Launchpad shows, secrets stay
 variable names in the run history, and the command line builds its resources without writing to its
 environment."""
+
 from __future__ import annotations
 
 import os
 import re
 import sqlite3
 import zlib
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 import dagster as dg
@@ -32,13 +33,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "exports_pipeline"
 DB_PASSWORD = "db-secret-never-shown"
 SMTP_PASSWORD = "smtp-secret-never-shown"
 EVERY_VARIABLE = {
-    "EXPORTS_SOURCE_URL": "sqlite:///source.sqlite", "EXPORTS_DESTINATION": "s3://bucket/prefix",
-    "EXPORTS_S3_SSE": "aws:kms", "EXPORTS_S3_KMS_KEY_ID": "alias/exports", "EXPORTS_LINK_EXPIRY_SECONDS": "120",
-    "EXPORTS_LINK_IN_METADATA": "yes", "AWS_ENDPOINT_URL": "http://generic:9000",
-    "AWS_ENDPOINT_URL_S3": "http://s3-only:9000", "EXPORTS_SMTP_HOST": "smtp.example.org", "EXPORTS_SMTP_PORT": "2525",
-    "EXPORTS_SMTP_STARTTLS": "no", "EXPORTS_SMTP_USERNAME": "exports", "EXPORTS_SMTP_PASSWORD": SMTP_PASSWORD,
-    "EXPORTS_MAIL_FROM": "exports@example.org", "EXPORTS_MAIL_TO": "a@example.org, b@example.org",
-    "EXPORTS_MAIL_OPERATORS": "ops@example.org", "EXPORTS_MAIL_LINK_EXPIRY_SECONDS": "600",
+    "EXPORTS_SOURCE_URL": "sqlite:///source.sqlite",
+    "EXPORTS_DESTINATION": "s3://bucket/prefix",
+    "EXPORTS_S3_SSE": "aws:kms",
+    "EXPORTS_S3_KMS_KEY_ID": "alias/exports",
+    "EXPORTS_LINK_EXPIRY_SECONDS": "120",
+    "EXPORTS_LINK_IN_METADATA": "yes",
+    "AWS_ENDPOINT_URL": "http://generic:9000",
+    "AWS_ENDPOINT_URL_S3": "http://s3-only:9000",
+    "EXPORTS_SMTP_HOST": "smtp.example.org",
+    "EXPORTS_SMTP_PORT": "2525",
+    "EXPORTS_SMTP_STARTTLS": "no",
+    "EXPORTS_SMTP_USERNAME": "exports",
+    "EXPORTS_SMTP_PASSWORD": SMTP_PASSWORD,
+    "EXPORTS_MAIL_FROM": "exports@example.org",
+    "EXPORTS_MAIL_TO": "a@example.org, b@example.org",
+    "EXPORTS_MAIL_OPERATORS": "ops@example.org",
+    "EXPORTS_MAIL_LINK_EXPIRY_SECONDS": "600",
 }
 
 
@@ -59,15 +70,27 @@ def test_each_variable_reaches_its_resource_field(monkeypatch):
     with dg.build_resources(resources_from_env(os.environ)) as resources:
         source, destination, mail = resources.source, resources.destination, resources.mail
     assert source.url == "sqlite:///source.sqlite"
-    assert (destination.url, destination.sse, destination.kms_key_id) == ("s3://bucket/prefix", "aws:kms",
-                                                                          "alias/exports")
+    assert (destination.url, destination.sse, destination.kms_key_id) == (
+        "s3://bucket/prefix",
+        "aws:kms",
+        "alias/exports",
+    )
     assert (destination.link_expiry_seconds, destination.link_in_metadata) == (120, True)
     assert destination.endpoint_url == "http://s3-only:9000"  # the S3-specific variable first, as the AWS SDK
     smtp = mail.smtp()
     assert (smtp.host, smtp.port, smtp.starttls, smtp.username, smtp.password, smtp.sender) == (
-        "smtp.example.org", 2525, False, "exports", SMTP_PASSWORD, "exports@example.org")
+        "smtp.example.org",
+        2525,
+        False,
+        "exports",
+        SMTP_PASSWORD,
+        "exports@example.org",
+    )
     assert (mail.recipient_list(), mail.operator_list(), mail.link_seconds()) == (
-        ["a@example.org", "b@example.org"], ["ops@example.org"], 600)
+        ["a@example.org", "b@example.org"],
+        ["ops@example.org"],
+        600,
+    )
 
 
 def test_a_set_variable_is_stored_as_its_name_never_its_value():
@@ -82,14 +105,29 @@ def test_a_set_variable_is_stored_as_its_name_never_its_value():
 
 def test_unset_variables_leave_the_defaults_the_launchpad_shows():
     definitions = definitions_from_env({})
-    mail = {name: field.default_value for name, field in _config_fields(definitions, "mail").items()
-            if field.default_provided}
-    assert mail == {"host": None, "port": 587, "starttls": True, "username": None, "password": None,
-                    "sender": "exports-pipeline@localhost", "recipients": "", "operators": "",
-                    "link_expiry_seconds": 3 * 24 * 3600}
+    mail = {
+        name: field.default_value
+        for name, field in _config_fields(definitions, "mail").items()
+        if field.default_provided
+    }
+    assert mail == {
+        "host": None,
+        "port": 587,
+        "starttls": True,
+        "username": None,
+        "password": None,
+        "sender": "exports-pipeline@localhost",
+        "recipients": "",
+        "operators": "",
+        "link_expiry_seconds": 3 * 24 * 3600,
+    }
     destination = _config_fields(definitions, "destination")
     assert {name: destination[name].default_value for name in DESTINATION_VARIABLES if name != "url"} == {
-        "sse": None, "kms_key_id": None, "link_expiry_seconds": 3600, "link_in_metadata": False}
+        "sse": None,
+        "kms_key_id": None,
+        "link_expiry_seconds": 3600,
+        "link_in_metadata": False,
+    }
     assert _config_fields(definitions, "source")["statement_timeout_ms"].default_value == 600_000
     with dg.build_resources({"mail": resources_from_env({})["mail"]}) as resources:
         assert resources.mail.smtp() is None  # no host: delivery is off
@@ -101,17 +139,18 @@ def test_unset_variables_leave_the_defaults_the_launchpad_shows():
 def test_required_locations_are_read_when_the_run_starts_and_named_when_missing(monkeypatch):
     monkeypatch.delenv("EXPORTS_SOURCE_URL", raising=False)
     resources = resources_from_env({})
-    with pytest.raises(Exception, match="EXPORTS_SOURCE_URL"):
-        with dg.build_resources({"source": resources["source"]}):
-            pass
+    with pytest.raises(Exception, match="EXPORTS_SOURCE_URL"), dg.build_resources({"source": resources["source"]}):
+        pass
 
 
 @pytest.mark.parametrize("variable", ["EXPORTS_LINK_IN_METADATA", "EXPORTS_SMTP_STARTTLS"])
 def test_a_yes_no_setting_takes_only_yes_or_no_words(variable):
     with pytest.raises(ConfigurationError, match=f"{variable}='maybe': use true or false"):
         resources_from_env({variable: "maybe"})
-    field = {"EXPORTS_LINK_IN_METADATA": ("destination", "link_in_metadata"),
-             "EXPORTS_SMTP_STARTTLS": ("mail", "starttls")}[variable]
+    field = {
+        "EXPORTS_LINK_IN_METADATA": ("destination", "link_in_metadata"),
+        "EXPORTS_SMTP_STARTTLS": ("mail", "starttls"),
+    }[variable]
     for words, value in ((("no", "false", "0", "OFF"), False), (("yes", "true", "1", " On "), True)):
         for word in words:
             assert getattr(resources_from_env({variable: word})[field[0]], field[1]) is value
@@ -120,8 +159,12 @@ def test_a_yes_no_setting_takes_only_yes_or_no_words(variable):
 def test_the_sensors_interval_is_set_when_the_definitions_are_built():
     assert {s.minimum_interval_seconds for s in definitions_from_env({}).sensors} == {30}
     fast = definitions_from_env({"EXPORTS_SENSOR_INTERVAL_SECONDS": "5"}).sensors
-    assert sorted(s.name for s in fast) == ["campaign_completed_sensor", "campaign_partitions_sensor",
-                                            "export_failed_mail_sensor", "export_ready_mail_sensor"]
+    assert sorted(s.name for s in fast) == [
+        "campaign_completed_sensor",
+        "campaign_partitions_sensor",
+        "export_failed_mail_sensor",
+        "export_ready_mail_sensor",
+    ]
     assert {s.minimum_interval_seconds for s in fast} == {5}
     for bad in ("soon", "0", "-3"):
         with pytest.raises(ConfigurationError, match="EXPORTS_SENSOR_INTERVAL_SECONDS"):
@@ -129,8 +172,11 @@ def test_the_sensors_interval_is_set_when_the_definitions_are_built():
 
 
 def test_no_module_reads_the_environment_but_the_definitions_and_the_command_line():
-    readers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-                     if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text()))
+    readers = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text())
+    )
     assert readers == ["cli.py", "definitions.py"]
 
 
@@ -151,16 +197,15 @@ def _stored_text(folder: Path) -> str:
 
 def _as_text(value) -> str:
     if isinstance(value, bytes):
-        try:
+        with suppress(zlib.error):
             value = zlib.decompress(value)
-        except zlib.error:
-            pass
         return value.decode("utf-8", "replace")
     return str(value)
 
 
-def test_the_command_line_exports_without_writing_its_environment_or_storing_the_password(pg_url, tmp_path,
-                                                                                        monkeypatch):
+def test_the_command_line_exports_without_writing_its_environment_or_storing_the_password(
+    pg_url, tmp_path, monkeypatch
+):
     """Production: the run's resources read the command's own variables back (dg.EnvVar), so the source
     URL's password reaches the database but no file of the run history."""
     awkward.load(pg_url)

@@ -1,10 +1,11 @@
 """The spill of phase 1 (plain functions, no database): rows routed to buckets come back whole, each in
 the bucket whose key range holds it, whatever the frames and their order."""
+
 from __future__ import annotations
 
 import random
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pyarrow as pa
@@ -24,12 +25,14 @@ SCHEMA = {"contact_created_at": pl.Datetime("us", "UTC"), "contact_id": pl.Strin
 def _rows(count: int, seed: int) -> pl.DataFrame:
     """Attempts-like rows whose contacts span pre-1970 to far future, many sharing a created_at."""
     rng = random.Random(seed)
-    base = datetime(1969, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
-    instants = [base + timedelta(days=rng.choice([0, 0, 1, 20_000, 2_900_000]), microseconds=rng.randrange(3))
-                for _ in range(count)]
+    base = datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)
+    instants = [
+        base + timedelta(days=rng.choice([0, 0, 1, 20_000, 2_900_000]), microseconds=rng.randrange(3))
+        for _ in range(count)
+    ]
     ids = [f"{rng.getrandbits(128):032x}" for _ in range(count)]
     ids = [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in ids]
-    answers = [rng.choice(["", None, "=1+1", "é,\"\r\n", "🙂 日本"]) for _ in range(count)]
+    answers = [rng.choice(["", None, "=1+1", 'é,"\r\n', "🙂 日本"]) for _ in range(count)]
     return pl.DataFrame({"contact_created_at": instants, "contact_id": ids, "answer": answers}, schema=SCHEMA)
 
 
@@ -67,8 +70,12 @@ def test_each_frame_writes_one_piece_per_bucket_it_touches(tmp_path):
     for frame in frames:
         spill.add("answers", frame, "contact_created_at", "contact_id")
     spill.close()
-    touched = sum(spill.boundaries.search_sorted(frame.select(order_key("contact_created_at", "contact_id"))
-                                                 .to_series(), side="right").n_unique() for frame in frames)
+    touched = sum(
+        spill.boundaries.search_sorted(
+            frame.select(order_key("contact_created_at", "contact_id")).to_series(), side="right"
+        ).n_unique()
+        for frame in frames
+    )
     with pa.OSFile(str(tmp_path / "answers.pieces.arrow")) as source:
         assert ipc.open_file(source).num_record_batches == touched
 
@@ -91,7 +98,11 @@ def test_the_join_hash_gets_the_memory_a_large_campaign_needs(pg_url):
     with PostgresSource(pg_url, 60_000) as source:
         queries = source.snapshot_queries(awkward.C1, 10_000_000)
         for table in ("attempts", "answers"):  # what the reading session itself runs with
-            probe = replace(queries[table], rejects_nan_costs=False, schema={"m": pl.String, "w": pl.String},
-                            sql="SELECT current_setting('hash_mem_multiplier') AS m, current_setting('work_mem') AS w")
+            probe = replace(
+                queries[table],
+                rejects_nan_costs=False,
+                schema={"m": pl.String, "w": pl.String},
+                sql="SELECT current_setting('hash_mem_multiplier') AS m, current_setting('work_mem') AS w",
+            )
             settings = pl.concat(list(probe.frames(10)))
             assert settings.row(0) == (str(join_hash_mem_multiplier(10_000_000)), "256MB")

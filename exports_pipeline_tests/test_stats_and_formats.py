@@ -1,10 +1,11 @@
 """Campaign stats against hand-computed figures, the extra formats read back by their own readers,
 and blocking checks that fail and then publish nothing (SPEC sections 3 and 6)."""
+
 from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import openpyxl
@@ -41,15 +42,30 @@ def test_percentages_round_half_up_and_survive_zero():
 def test_stats_equal_the_hand_computed_figures(awkward_pg):
     with stage_export(awkward_pg, C1, ExportOptions(), "run00001") as staged:
         stats = staged.stats
-    assert stats["contacts"] == {"total": 4, "pending": 1, "in_progress": 0, "completed": 1, "refused": 1,
-                                 "not_reached": 0, "excluded": 1}
+    assert stats["contacts"] == {
+        "total": 4,
+        "pending": 1,
+        "in_progress": 0,
+        "completed": 1,
+        "refused": 1,
+        "not_reached": 0,
+        "excluded": 1,
+    }
     # own attempts only: the one filed under C2 and the one of C2's contact are left out
-    assert stats["attempts"] == {"total": 6, "queued": 0, "ringing": 0, "in_progress": 1, "completed": 2,
-                                 "no_answer": 1, "busy": 1, "failed": 1, "refused": 0}
+    assert stats["attempts"] == {
+        "total": 6,
+        "queued": 0,
+        "ringing": 0,
+        "in_progress": 1,
+        "completed": 2,
+        "no_answer": 1,
+        "busy": 1,
+        "failed": 1,
+        "refused": 0,
+    }
     assert stats["completion_rate"] == 25.0 and stats["conversion_rate"] == 50.0
     # 65.000 + 0.300 - 2.500 seconds (floored to the millisecond, as in the CSV)
-    assert stats["call_duration_seconds"] == {"count": 3, "average": 20.933, "min": -2.5, "max": 65.0,
-                                              "total": 62.8}
+    assert stats["call_duration_seconds"] == {"count": 3, "average": 20.933, "min": -2.5, "max": 65.0, "total": 62.8}
     assert stats["total_cost_usd"] == "12345677.5999"
     assert len(stats["attempts_per_hour"]) == 24 and len(stats["attempts_per_day"]) == 30
 
@@ -66,11 +82,17 @@ def test_activity_buckets_are_anchored_to_the_snapshot_time(awkward_pg):
     offsets = {"30 minutes": 1, "5 hours": 1, "23 hours": 1, "3 days": 1, "29 days": 1, "40 days": 1}
     with psycopg.connect(awkward_pg, autocommit=True) as conn:
         for number, offset in enumerate(offsets, start=1):
-            conn.execute(f"INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, started_at) "
-                         f"VALUES ('e0000000-0000-4000-8000-00000000000{number}', '{C1}', '{K2}', {10 + number}, "
-                         f"'completed', now() - interval '{offset}')")
-        instants = [r[0] for r in conn.execute(
-            "SELECT started_at FROM call_attempts WHERE id::text LIKE 'e0000000%' ORDER BY id").fetchall()]
+            conn.execute(
+                f"INSERT INTO call_attempts (id, campaign_id, contact_id, attempt_number, status, started_at) "
+                f"VALUES ('e0000000-0000-4000-8000-00000000000{number}', '{C1}', '{K2}', {10 + number}, "
+                f"'completed', now() - interval '{offset}')"
+            )
+        instants = [
+            r[0]
+            for r in conn.execute(
+                "SELECT started_at FROM call_attempts WHERE id::text LIKE 'e0000000%' ORDER BY id"
+            ).fetchall()
+        ]
     with stage_export(awkward_pg, C1, ExportOptions(), "run00001") as staged:
         stats, snapshot_time = staged.stats, staged.snapshot_time
     last_hour = snapshot_time.replace(minute=0, second=0, microsecond=0)
@@ -81,8 +103,8 @@ def test_activity_buckets_are_anchored_to_the_snapshot_time(awkward_pg):
     day_counts = {b["day"]: b["attempts"] for b in stats["attempts_per_day"]}
     assert set(hour_counts) == expected_hours and set(day_counts) == expected_days
     for instant in instants:
-        hour = instant.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
-        day = instant.astimezone(timezone.utc).strftime("%Y-%m-%d")
+        hour = instant.astimezone(UTC).strftime("%Y-%m-%dT%H:00:00Z")
+        day = instant.astimezone(UTC).strftime("%Y-%m-%d")
         assert hour_counts.get(hour, 1) >= 1 and day_counts.get(day, 1) >= 1
     in_hours = sum(1 for i in instants if i >= last_hour - timedelta(hours=23))
     in_days = sum(1 for i in instants if i >= last_day - timedelta(days=29))
@@ -133,14 +155,18 @@ def test_xlsx_keeps_text_as_text_and_dates_as_dates(every_format, tmp_path):
     assert header == awkward.HEADER
     cells = [cell for row in sheet.iter_rows() for cell in row]
     assert not [c.coordinate for c in cells if c.data_type == "f"]  # no formula anywhere
-    k1 = {h: c for h, c in zip(header, sheet[3])}
+    k1 = dict(zip(header, sheet[3], strict=True))
     assert k1["q2_answer"].value == "=1+1" and k1["q2_answer"].data_type == "s"
     assert k1["phone_number"].value == "+15551234567" and k1["phone_number"].data_type == "s"
     assert k1["last_attempt_at"].is_date
     assert abs(k1["last_attempt_at"].value - datetime(2026, 1, 2, 10, 0, 0, 123000)) < timedelta(milliseconds=1)
     assert k1["call_cost_usd"].value == 12345678.9999 and k1["attempt_count"].value == 3
     assert [[c.value for c in row] for row in book["questions"].iter_rows()] == [
-        ["position", "prompt"], [1, 'How, "really"?'], [2, "Score"], [4, "Comments"]]
+        ["position", "prompt"],
+        [1, 'How, "really"?'],
+        [2, "Score"],
+        [4, "Comments"],
+    ]
 
 
 def column_widths(sheet) -> dict[str, int]:
@@ -159,8 +185,13 @@ def test_xlsx_opens_with_a_frozen_filtered_header_and_columns_as_wide_as_their_t
     path.write_bytes(files["xlsx"])
     sheet = openpyxl.load_workbook(path)["results"]
     pane = sheet.sheet_view.pane
-    assert (sheet.freeze_panes, pane.ySplit, pane.xSplit, pane.topLeftCell, pane.state) == ("A2", 1, None, "A2",
-                                                                                             "frozen")
+    assert (sheet.freeze_panes, pane.ySplit, pane.xSplit, pane.topLeftCell, pane.state) == (
+        "A2",
+        1,
+        None,
+        "A2",
+        "frozen",
+    )
     assert sheet.auto_filter.ref == "A1:Y5"  # 25 columns, the header and C1's 4 contacts
     widths = column_widths(sheet)
     assert list(widths) == awkward.HEADER
@@ -182,14 +213,22 @@ def test_xlsx_of_an_empty_campaign_is_a_filtered_header(awkward_pg, tmp_path):
     assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:U1"
     widths = column_widths(sheet)
     assert (widths["name"], widths["campaign_id"], widths["external_contact_id"], widths["completed_at"]) == (
-        XLSX_MIN_WIDTH, 13, 21, 23)  # the minimum, the headers and their filter button, a date
+        XLSX_MIN_WIDTH,
+        13,
+        21,
+        23,
+    )  # the minimum, the headers and their filter button, a date
 
 
 def test_xlsx_widths_measure_numbers_on_every_row_and_text_on_the_first_rows():
-    rows = pl.DataFrame({"attempt_count": [1, 123_456_789_012], "name": ["a", "bbbbbbbbbb"],
-                         "q1_answer": ["東京😀", None]})
+    rows = pl.DataFrame(
+        {"attempt_count": [1, 123_456_789_012], "name": ["a", "bbbbbbbbbb"], "q1_answer": ["東京😀", None]}
+    )
     assert shown_widths(rows, ["attempt_count", "name", "q1_answer"], 1) == {
-        "attempt_count": 12, "name": 1, "q1_answer": 6}
+        "attempt_count": 12,
+        "name": 1,
+        "q1_answer": 6,
+    }
     assert shown_widths(rows, ["attempt_count", "name"], 0) == {"attempt_count": 12}
     assert shown_widths(rows, ["name"], 2) == {"name": 10}
 
@@ -206,42 +245,67 @@ def test_pdf_summary_shows_the_figures(every_format, tmp_path):
 
 def test_xlsx_beyond_the_sheet_limit_is_refused_before_any_work(awkward_pg, monkeypatch):
     monkeypatch.setattr(export_module, "XLSX_MAX_ROWS", 3)
-    with pytest.raises(InvalidInputError, match="option formats: xlsx holds at most 3 rows"):
-        with stage_export(awkward_pg, C1, ExportOptions(formats=("xlsx",)), "run00001"):
-            pass
+    with (
+        pytest.raises(InvalidInputError, match="option formats: xlsx holds at most 3 rows"),
+        stage_export(awkward_pg, C1, ExportOptions(formats=("xlsx",)), "run00001"),
+    ):
+        pass
 
 
 # ------------------------------------------------------------------------------------ blocking checks
+
 
 def _duplicate_rows(build_rows):
     def duplicated(*args, **kwargs):
         rows = build_rows(*args, **kwargs)
         return rows.vstack(rows)
+
     return duplicated
 
 
 def _drop_last_header_column(csv_frame):
-    return lambda rows, columns, guard, **text: csv_frame(rows, columns, guard, **text).rename({columns[-1]: "surprise"})
+    return lambda rows, columns, guard, **text: csv_frame(rows, columns, guard, **text).rename(
+        {columns[-1]: "surprise"}
+    )
 
 
-@pytest.mark.parametrize("failing_check, break_it", [
-    ("row_count_matches_source",
-     lambda mp: mp.setattr(PostgresSource, "count_contacts", lambda self, cid, options: 999)),
-    ("contact_id_unique",
-     lambda mp: mp.setattr(export_module, "build_rows", _duplicate_rows(export_module.build_rows))),
-    ("header_matches_spec",
-     lambda mp: mp.setattr("exports_pipeline.core.writers.csv_frame",
-                           _drop_last_header_column(export_module.csv_frame))),
-])
-def test_a_failed_blocking_check_fails_the_run_and_publishes_nothing(awkward_pg, tmp_path, monkeypatch,
-                                                                       failing_check, break_it):
+@pytest.mark.parametrize(
+    "failing_check, break_it",
+    [
+        (
+            "row_count_matches_source",
+            lambda mp: mp.setattr(PostgresSource, "count_contacts", lambda self, cid, options: 999),
+        ),
+        (
+            "contact_id_unique",
+            lambda mp: mp.setattr(export_module, "build_rows", _duplicate_rows(export_module.build_rows)),
+        ),
+        (
+            "header_matches_spec",
+            lambda mp: mp.setattr(
+                "exports_pipeline.core.writers.csv_frame", _drop_last_header_column(export_module.csv_frame)
+            ),
+        ),
+    ],
+)
+def test_a_failed_blocking_check_fails_the_run_and_publishes_nothing(
+    awkward_pg, tmp_path, monkeypatch, failing_check, break_it
+):
     break_it(monkeypatch)
     destination = tmp_path / "exports"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("campaigns", [C1])
-        result = dg.materialize([campaign_export], selection=DEFAULT_EXPORT_KEYS, instance=instance, partition_key=C1, raise_on_error=False,
-                                resources={"source": SourceDatabase(url=awkward_pg),
-                                           "destination": ExportDestination(url=str(destination))})
+        result = dg.materialize(
+            [campaign_export],
+            selection=DEFAULT_EXPORT_KEYS,
+            instance=instance,
+            partition_key=C1,
+            raise_on_error=False,
+            resources={
+                "source": SourceDatabase(url=awkward_pg),
+                "destination": ExportDestination(url=str(destination)),
+            },
+        )
         assert not result.success
         failed = {c.check_name for c in result.get_asset_check_evaluations() if not c.passed}
         assert failing_check in failed

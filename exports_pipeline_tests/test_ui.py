@@ -6,6 +6,7 @@ campaign's runs found by its name on the Runs page.
 
 Screenshots go to a temporary folder, or to docs/screenshots/ (the README's "Using the UI" shows them)
 with EXPORTS_UPDATE_SCREENSHOTS=1, so that a test run leaves the repository as it was."""
+
 from __future__ import annotations
 
 import json
@@ -37,16 +38,26 @@ from exports_pipeline_tests.test_delivery import Inbox
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SHOTS = REPO / "docs" / "screenshots" if os.environ.get("EXPORTS_UPDATE_SCREENSHOTS") == "1" \
+SHOTS = (
+    REPO / "docs" / "screenshots"
+    if os.environ.get("EXPORTS_UPDATE_SCREENSHOTS") == "1"
     else Path(os.environ.get("TMPDIR", "/tmp")) / "exports-pipeline-screenshots"
+)
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 XLSX_KEY = FORMAT_KEYS["xlsx"]
 C1_NAME_TAG = 'Spring, "promo" line'  # C1's name on one line: its campaign_name run tag
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and shutil.which("chromium") is None,
-                                reason="no Chromium at /usr/bin/chromium (CI installs Debian's chromium in .ci/run)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and shutil.which("chromium") is None,
+    reason="no Chromium at /usr/bin/chromium (CI installs Debian's chromium in .ci/run)",
+)
 
 
 def _free_port() -> int:
@@ -76,8 +87,11 @@ class Stack:
         return _wait(what, predicate, timeout, self.logs)
 
     def graphql(self, query: str, variables: dict) -> dict:
-        request = urllib.request.Request(f"{self.url}/graphql", json.dumps({"query": query, "variables": variables})
-                                         .encode(), {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            json.dumps({"query": query, "variables": variables}).encode(),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.load(response)
         assert "errors" not in body, body
@@ -98,32 +112,60 @@ def stack(tmp_path_factory):
     inbox, smtp_port, web_port = Inbox(), _free_port(), _free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_PG_HOST": server.hostname,
-           "DAGSTER_PG_PORT": str(server.port or 5432), "DAGSTER_PG_USER": server.username or "postgres",
-           "DAGSTER_PG_PASSWORD": server.password or "", "DAGSTER_PG_DB": names[0], "EXPORTS_SOURCE_URL": source_url,
-           "EXPORTS_DESTINATION": str(home / "exports"), "EXPORTS_SENSOR_INTERVAL_SECONDS": "3",
-           "EXPORTS_SMTP_HOST": "127.0.0.1", "EXPORTS_SMTP_PORT": str(smtp_port), "EXPORTS_SMTP_STARTTLS": "false",
-           "EXPORTS_MAIL_FROM": "exports@example.org"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": server.hostname,
+        "DAGSTER_PG_PORT": str(server.port or 5432),
+        "DAGSTER_PG_USER": server.username or "postgres",
+        "DAGSTER_PG_PASSWORD": server.password or "",
+        "DAGSTER_PG_DB": names[0],
+        "EXPORTS_SOURCE_URL": source_url,
+        "EXPORTS_DESTINATION": str(home / "exports"),
+        "EXPORTS_SENSOR_INTERVAL_SECONDS": "3",
+        "EXPORTS_SMTP_HOST": "127.0.0.1",
+        "EXPORTS_SMTP_PORT": str(smtp_port),
+        "EXPORTS_SMTP_STARTTLS": "false",
+        "EXPORTS_MAIL_FROM": "exports@example.org",
+    }
     processes, logs = [], []
     try:
         with pytest.MonkeyPatch.context() as patch:
-            for key in ("DAGSTER_HOME", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
-                        "DAGSTER_PG_DB"):
+            for key in (
+                "DAGSTER_HOME",
+                "DAGSTER_PG_HOST",
+                "DAGSTER_PG_PORT",
+                "DAGSTER_PG_USER",
+                "DAGSTER_PG_PASSWORD",
+                "DAGSTER_PG_DB",
+            ):
                 patch.setenv(key, env[key])
             # The test creates the storage tables first, so that the daemon and the webserver never race to.
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 instance.add_dynamic_partitions("campaigns", [C1, C2, EMPTY])
-                for name, command in (("daemon", [BIN / "dagster-daemon", "run"]),
-                                      ("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p",
-                                                     str(web_port)])):
+                for name, command in (
+                    ("daemon", [BIN / "dagster-daemon", "run"]),
+                    ("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(web_port)]),
+                ):
                     logs.append(home / f"{name}.log")
                     with open(logs[-1], "wb") as out:
-                        processes.append(subprocess.Popen([*command, "-w", REPO / "workspace.yaml"], cwd=home,
-                                                          env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                          start_new_session=True))
+                        processes.append(
+                            subprocess.Popen(
+                                [*command, "-w", REPO / "workspace.yaml"],
+                                cwd=home,
+                                env=env,
+                                stdout=out,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                            )
+                        )
                 url = f"http://127.0.0.1:{web_port}"
-                _wait("the webserver", lambda: urllib.request.urlopen(f"{url}/server_info", timeout=5).status == 200,
-                      90, logs)
+                _wait(
+                    "the webserver",
+                    lambda: urllib.request.urlopen(f"{url}/server_info", timeout=5).status == 200,
+                    90,
+                    logs,
+                )
                 yield Stack(home, url, instance, inbox, logs)
     finally:
         for process in processes:  # each process group holds the code servers and run workers it started
@@ -203,7 +245,11 @@ def test_xlsx_alone_launched_from_the_catalog_writes_only_its_file_and_mails_the
     assert xlsx_run.status == dg.DagsterRunStatus.SUCCESS
     assert xlsx_run.asset_selection == {XLSX_KEY}
     assert {k: xlsx_run.tags.get(k) for k in ("campaign_id", "campaign_name", "trigger", "formats")} == {
-        "campaign_id": C1, "campaign_name": C1_NAME_TAG, "trigger": "manual", "formats": "xlsx"}
+        "campaign_id": C1,
+        "campaign_name": C1_NAME_TAG,
+        "trigger": "manual",
+        "formats": "xlsx",
+    }
     events = stack.instance.all_logs(xlsx_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     assert [(e.asset_materialization.asset_key, e.asset_materialization.partition) for e in events] == [(XLSX_KEY, C1)]
     metadata = {k: v.value for k, v in events[0].asset_materialization.metadata.items()}
@@ -212,11 +258,16 @@ def test_xlsx_alone_launched_from_the_catalog_writes_only_its_file_and_mails_the
     location = Path(metadata["location"])
     assert location.name == "campaign_results.xlsx" and location.parent.name == metadata["snapshot"]
     # The snapshot holds the XLSX, and the figures file and the manifest that every snapshot holds.
-    assert sorted(p.name for p in location.parent.iterdir()) == ["campaign_results.xlsx", "campaign_stats.json",
-                                                                 "manifest.json"]
+    assert sorted(p.name for p in location.parent.iterdir()) == [
+        "campaign_results.xlsx",
+        "campaign_stats.json",
+        "manifest.json",
+    ]
     manifest = json.loads((location.parent / "manifest.json").read_text())
-    assert [(f["name"], f["rows"]) for f in manifest["files"]] == [("campaign_results.xlsx", 4),
-                                                                  ("campaign_stats.json", None)]
+    assert [(f["name"], f["rows"]) for f in manifest["files"]] == [
+        ("campaign_results.xlsx", 4),
+        ("campaign_stats.json", None),
+    ]
     workbook = openpyxl.load_workbook(location, read_only=True)
     assert [c.value for c in next(workbook.worksheets[0].iter_rows(max_row=1))] == awkward.HEADER
     workbook.close()
@@ -231,8 +282,9 @@ def test_xlsx_alone_launched_from_the_catalog_writes_only_its_file_and_mails_the
     shot(page, "metadata")
 
     subject = f"Export ready: campaign {C1}, snapshot {metadata['snapshot']}"
-    mails = stack.wait("the daemon's export-ready mail",
-                       lambda: [m for _, m in stack.inbox.messages if m["Subject"] == subject], 120)
+    mails = stack.wait(
+        "the daemon's export-ready mail", lambda: [m for _, m in stack.inbox.messages if m["Subject"] == subject], 120
+    )
     assert len(mails) == 1 and mails[0]["To"] == "owner@example.com"
     body = mails[0].get_content().replace("\r\n", "\n")  # SMTP carries CRLF line ends
     assert f"Download the XLSX:\n{metadata['location']}\n" in body
@@ -246,7 +298,8 @@ def test_the_metadata_preview_is_a_table_of_the_files_first_rows(stack, page, xl
     row = preview.locator("tr").filter(has_text=contact[awkward.HEADER.index("contact_id")])
     expect(row.locator("td")).to_have_text([_as_shown(value) for value in contact])
     page.get_by_role("cell", name="preview", exact=True).evaluate(
-        "cell => cell.scrollIntoView({block: 'start', inline: 'nearest'})")  # the key column stays in view
+        "cell => cell.scrollIntoView({block: 'start', inline: 'nearest'})"
+    )  # the key column stays in view
     expect(row.locator("td").first).to_be_in_viewport()
     shot(page, "preview")
 
@@ -255,20 +308,31 @@ def test_the_metadata_preview_is_a_table_of_the_files_first_rows(stack, page, xl
 def backfill(stack) -> tuple[str, list[dg.DagsterRun]]:
     """A backfill of the default export assets for three campaigns, launched as the asset page's
     Materialize… dialog does (launchPartitionBackfill with the asset selection and the partitions)."""
-    data = stack.graphql("""
+    data = stack.graphql(
+        """
         mutation Backfill($params: LaunchBackfillParams!) {
           launchPartitionBackfill(backfillParams: $params) {
             __typename
             ... on LaunchBackfillSuccess { backfillId }
             ... on PythonError { message }
           }
-        }""", {"params": {"partitionNames": [C1, C2, EMPTY],
-                          "assetSelection": [{"path": key.path} for key in DEFAULT_EXPORT_KEYS]}})
+        }""",
+        {
+            "params": {
+                "partitionNames": [C1, C2, EMPTY],
+                "assetSelection": [{"path": key.path} for key in DEFAULT_EXPORT_KEYS],
+            }
+        },
+    )
     launched = data["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["backfillId"]
-    stack.wait("the backfill to end", lambda: _backfill_status(stack, backfill_id) not in ("REQUESTED", "CANCELING")
-               and all(r.is_finished for r in _runs(stack, **{"dagster/backfill": backfill_id})), 300)
+    stack.wait(
+        "the backfill to end",
+        lambda: _backfill_status(stack, backfill_id) not in ("REQUESTED", "CANCELING")
+        and all(r.is_finished for r in _runs(stack, **{"dagster/backfill": backfill_id})),
+        300,
+    )
     return backfill_id, _runs(stack, **{"dagster/backfill": backfill_id})
 
 
@@ -288,7 +352,7 @@ def test_a_backfill_exports_several_campaigns_per_run(stack, page, backfill):
     for run in runs:
         assert "dagster/partition" not in run.tags and "campaign_id" not in run.tags
         start, end = run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]
-        covered[run.run_id] = keys[keys.index(start):keys.index(end) + 1]
+        covered[run.run_id] = keys[keys.index(start) : keys.index(end) + 1]
     assert sorted(c for campaigns in covered.values() for c in campaigns) == sorted([C1, C2, EMPTY])
     assert max(len(campaigns) for campaigns in covered.values()) > 1
     for campaign in (C1, C2, EMPTY):

@@ -17,6 +17,7 @@ scan of the campaigns table (tens of thousands of rows, no extension or index ne
 sorted by name, a page of it; contacts are counted for that page only, through contacts(campaign_id).
 SQLite (the demo): the same, in Python, over the campaigns the catalog has read.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,7 +25,7 @@ import sqlite3
 from abc import abstractmethod
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -147,7 +148,8 @@ class PostgresCatalog(Catalog):
             self._conn = connect_reading(url, statement_timeout_ms)
         except psycopg.Error as exc:
             raise SourceUnavailableError(
-                f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}") from None
+                f"cannot connect to source {redact_url(url)}: {redact_text(str(exc).strip(), url)}"
+            ) from None
 
     def close(self) -> None:
         self._conn.close()
@@ -158,11 +160,13 @@ class PostgresCatalog(Catalog):
             return self._conn.execute(sql, params, binary=binary).fetchall()
         except psycopg.Error as exc:
             raise SourceUnavailableError(
-                f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}") from None
+                f"source catalog query failed: {redact_text(str(exc).strip(), self._url)}"
+            ) from None
 
     def _campaigns(self, sql: str, params: tuple) -> list[CampaignRow]:
-        return [CampaignRow(i, n, s, _utc(c), _utc(u), _utc(d))
-                for i, n, s, c, u, d in self._rows(sql, params, binary=True)]
+        return [
+            CampaignRow(i, n, s, _utc(c), _utc(u), _utc(d)) for i, n, s, c, u, d in self._rows(sql, params, binary=True)
+        ]
 
     def now(self) -> datetime:
         return _utc(self._rows("SELECT now()", ())[0][0])
@@ -170,24 +174,34 @@ class PostgresCatalog(Catalog):
     def created_after(self, after: Position, limit: int) -> list[CampaignRow]:
         return self._campaigns(
             f"SELECT {self._COLUMNS} FROM campaigns WHERE (created_at, id) > (%s, %s::uuid) "
-            "ORDER BY created_at, id LIMIT %s", (*after, limit))
+            "ORDER BY created_at, id LIMIT %s",
+            (*after, limit),
+        )
 
     def completed_after(self, after: Position, limit: int) -> list[CampaignRow]:
         return self._campaigns(
             f"SELECT {self._COLUMNS} FROM campaigns WHERE status = 'completed' AND (updated_at, id) > (%s, %s::uuid) "
-            "ORDER BY updated_at, id LIMIT %s", (*after, limit))
+            "ORDER BY updated_at, id LIMIT %s",
+            (*after, limit),
+        )
 
     def ids_after(self, after: str | None, limit: int) -> list[str]:
-        return [r[0] for r in self._rows("SELECT id::text FROM campaigns WHERE id > %s::uuid ORDER BY id LIMIT %s",
-                                          (after or NIL_ID, limit))]
+        return [
+            r[0]
+            for r in self._rows(
+                "SELECT id::text FROM campaigns WHERE id > %s::uuid ORDER BY id LIMIT %s", (after or NIL_ID, limit)
+            )
+        ]
 
     def fingerprints(self, campaign_ids: list[str]) -> dict[str, dict]:
-        return postgres_fingerprints(lambda sql, params: self._rows(sql, params, binary=True),
-                                     sorted(canonical_ids(campaign_ids)))
+        return postgres_fingerprints(
+            lambda sql, params: self._rows(sql, params, binary=True), sorted(canonical_ids(campaign_ids))
+        )
 
     def names(self, campaign_ids: list[str]) -> dict[str, str]:
-        rows = self._rows("SELECT id::text, name FROM campaigns WHERE id = ANY(%s::uuid[])",
-                          (canonical_ids(campaign_ids),))
+        rows = self._rows(
+            "SELECT id::text, name FROM campaigns WHERE id = ANY(%s::uuid[])", (canonical_ids(campaign_ids),)
+        )
         return dict(rows)
 
     def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
@@ -199,7 +213,9 @@ class PostgresCatalog(Catalog):
             "      WHERE (name ILIKE %(pattern)s OR id::text ILIKE %(pattern)s) "
             "        AND (%(status)s::text IS NULL OR status = %(status)s) "
             "      ORDER BY lower(name), id LIMIT %(limit)s) p "
-            "ORDER BY lower(p.name), p.id", {"pattern": _like_pattern(text), "status": status, "limit": limit})
+            "ORDER BY lower(p.name), p.id",
+            {"pattern": _like_pattern(text), "status": status, "limit": limit},
+        )
         return SearchPage([CampaignMatch(*row[:4]) for row in rows], rows[0][4] if rows else 0)
 
 
@@ -226,22 +242,30 @@ class SqliteCatalog(Catalog):
         def instant(text, column):
             return _utc(instant_micros(str(text), "campaigns", column, cid)) if text is not None else None
 
-        return CampaignRow(cid, name, status, instant(created, "created_at"), instant(updated, "updated_at"),
-                           instant(completed, "completed_at"))
+        return CampaignRow(
+            cid,
+            name,
+            status,
+            instant(created, "created_at"),
+            instant(updated, "updated_at"),
+            instant(completed, "completed_at"),
+        )
 
     def close(self) -> None:
         pass
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def created_after(self, after: Position, limit: int) -> list[CampaignRow]:
         rows = sorted((r for r in self._campaigns if r.created_position > after), key=lambda r: r.created_position)
         return rows[:limit]
 
     def completed_after(self, after: Position, limit: int) -> list[CampaignRow]:
-        rows = sorted((r for r in self._campaigns if r.status == "completed" and r.updated_position > after),
-                      key=lambda r: r.updated_position)
+        rows = sorted(
+            (r for r in self._campaigns if r.status == "completed" and r.updated_position > after),
+            key=lambda r: r.updated_position,
+        )
         return rows[:limit]
 
     def ids_after(self, after: str | None, limit: int) -> list[str]:
@@ -258,18 +282,28 @@ class SqliteCatalog(Catalog):
 
     def search(self, text: str | None, status: str | None, limit: int) -> SearchPage:
         needle = (text or "").casefold()
-        matches = sorted((r for r in self._campaigns if status in (None, r.status)
-                          and (needle in r.name.casefold() or needle in r.id)), key=lambda r: (r.name.lower(), r.id))
+        matches = sorted(
+            (
+                r
+                for r in self._campaigns
+                if status in (None, r.status) and (needle in r.name.casefold() or needle in r.id)
+            ),
+            key=lambda r: (r.name.lower(), r.id),
+        )
         counts = self._contact_counts([r.id for r in matches[:limit]])
-        return SearchPage([CampaignMatch(r.id, r.name, r.status, counts.get(r.id, 0)) for r in matches[:limit]],
-                          len(matches))
+        return SearchPage(
+            [CampaignMatch(r.id, r.name, r.status, counts.get(r.id, 0)) for r in matches[:limit]], len(matches)
+        )
 
     def _contact_counts(self, campaign_ids: list[str]) -> dict[str, int]:
         """Contacts of these campaigns, whatever the case and hyphens of the ids stored in contacts."""
         by_hex = {cid.replace("-", ""): cid for cid in campaign_ids}
         if not by_hex:
             return {}
-        rows = self._query("SELECT lower(replace(campaign_id, '-', '')), count(*) FROM contacts "
-                           f"WHERE lower(replace(campaign_id, '-', '')) IN ({', '.join('?' * len(by_hex))}) "
-                           "GROUP BY 1", tuple(by_hex))
+        rows = self._query(
+            "SELECT lower(replace(campaign_id, '-', '')), count(*) FROM contacts "
+            f"WHERE lower(replace(campaign_id, '-', '')) IN ({', '.join('?' * len(by_hex))}) "
+            "GROUP BY 1",
+            tuple(by_hex),
+        )
         return {by_hex[key]: count for key, count in rows}

@@ -4,6 +4,7 @@ Publication (publish.py) only needs: upload a file, put small bytes, read with a
 write only if the version is unchanged (so latest.json never moves backwards), list and delete.
 Links (links.py) and retention (retention.py) use the same interface.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -42,8 +43,15 @@ ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # conditional write (409), or whose If-Match object was deleted meanwhile (404).
 CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"}
 # S3's answers that a retry can mend (with botocore's own retries already spent), besides any 5xx.
-TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
-                      "InternalError", "ServiceUnavailable"}
+TRANSIENT_S3_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestLimitExceeded",
+    "InternalError",
+    "ServiceUnavailable",
+}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -56,6 +64,8 @@ def is_transient(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return status >= 500 or exc.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES
     return False
+
+
 LOCK_NAME = ".lock"  # beside latest.json in a local destination: its compare-and-swap lock, not an object
 
 
@@ -98,7 +108,7 @@ class Destination(ABC):
         local write killed between creating its folder and its first file leaves. An object store has none."""
         return iter(())
 
-    def remove_empty_folder(self, key: str) -> None:
+    def remove_empty_folder(self, key: str) -> None:  # noqa: B027 (a no-op by default, on purpose)
         """Remove the folder unless something was written to it meanwhile (an object store has no folders)."""
 
     def link(self, key: str, filename: str, expires_in: int) -> str:
@@ -157,8 +167,9 @@ class LocalDestination(Destination):
             os.link(path, link)
         except OSError:
             with open(path, "rb") as source:
-                return self._replace_into(key, lambda handle: shutil.copyfileobj(source, handle, 1 << 20)
-                                          ).stat().st_size
+                return (
+                    self._replace_into(key, lambda handle: shutil.copyfileobj(source, handle, 1 << 20)).stat().st_size
+                )
         try:
             with open(link, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -195,8 +206,11 @@ class LocalDestination(Destination):
         for path in sorted(root.rglob("*")):
             if path.is_file() and path.name != LOCK_NAME:
                 stat = path.stat()
-                yield StoredObject(path.relative_to(self.base).as_posix(), stat.st_size,
-                                   datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                yield StoredObject(
+                    path.relative_to(self.base).as_posix(),
+                    stat.st_size,
+                    datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -210,8 +224,11 @@ class LocalDestination(Destination):
         for path in sorted(self.base.rglob("*")):
             try:
                 if path.is_dir() and not any(path.iterdir()):
-                    yield StoredObject(path.relative_to(self.base).as_posix(), 0,
-                                       datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+                    yield StoredObject(
+                        path.relative_to(self.base).as_posix(),
+                        0,
+                        datetime.fromtimestamp(path.stat().st_mtime, UTC),
+                    )
             except FileNotFoundError:  # removed meanwhile
                 continue
 
@@ -238,8 +255,17 @@ class S3Destination(Destination):
     concurrent run cannot be overwritten unseen. Server-side encryption applies to every object.
     """
 
-    def __init__(self, client, bucket: str, prefix: str = "", *, sse: str | None = None,
-                 kms_key_id: str | None = None, multipart_threshold: int = 8 * MiB, min_part_size: int = 8 * MiB):
+    def __init__(
+        self,
+        client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
+        multipart_threshold: int = 8 * MiB,
+        min_part_size: int = 8 * MiB,
+    ):
         if sse not in SSE_MODES:
             raise ConfigurationError(f"server-side encryption {sse!r}: use AES256 or aws:kms (or none)")
         if kms_key_id and sse != "aws:kms":
@@ -247,7 +273,8 @@ class S3Destination(Destination):
         self.client, self.bucket = client, bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.encryption = ({"ServerSideEncryption": sse} if sse else {}) | (
-            {"SSEKMSKeyId": kms_key_id} if kms_key_id else {})
+            {"SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+        )
         self.multipart_threshold, self.min_part_size = multipart_threshold, min_part_size
 
     def location(self, key: str) -> str:
@@ -265,17 +292,24 @@ class S3Destination(Destination):
 
     def upload_file(self, key: str, path: Path, content_type: str) -> int:
         size = path.stat().st_size
-        transfer = TransferConfig(multipart_threshold=self.multipart_threshold,
-                                  multipart_chunksize=part_size(size, self.min_part_size))
+        transfer = TransferConfig(
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=part_size(size, self.min_part_size)
+        )
         with self._errors("upload to", key):
-            self.client.upload_file(str(path), self.bucket, self.prefix + key, Config=transfer,
-                                    ExtraArgs={"ContentType": content_type, **self.encryption})
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                self.prefix + key,
+                Config=transfer,
+                ExtraArgs={"ContentType": content_type, **self.encryption},
+            )
             return self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)["ContentLength"]
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         with self._errors("put", key):
-            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type,
-                                   **self.encryption)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type, **self.encryption
+            )
 
     def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
         with self._errors("get", key, DestinationError):
@@ -292,8 +326,14 @@ class S3Destination(Destination):
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
         with self._errors("conditional put", key):
             try:
-                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data,
-                                       ContentType=content_type, **condition, **self.encryption)
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.prefix + key,
+                    Body=data,
+                    ContentType=content_type,
+                    **condition,
+                    **self.encryption,
+                )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] in CONDITION_FAILED:
                     return False
@@ -302,33 +342,49 @@ class S3Destination(Destination):
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         with self._errors("list", prefix, DestinationError):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                          Prefix=self.prefix + prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield StoredObject(item["Key"][len(self.prefix):], item["Size"], item["LastModified"])
+                    yield StoredObject(item["Key"][len(self.prefix) :], item["Size"], item["LastModified"])
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = keys[start:start + 1000]
+            batch = keys[start : start + 1000]
             with self._errors("delete", batch[0], DestinationError):
-                response = self.client.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": self.prefix + key} for key in batch], "Quiet": True})
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": self.prefix + key} for key in batch], "Quiet": True}
+                )
             if response.get("Errors"):
                 first = response["Errors"][0]
-                raise DestinationError(f"S3 delete of {len(response['Errors'])} object(s) failed, first "
-                                       f"s3://{self.bucket}/{first['Key']}: {first['Code']}")
+                raise DestinationError(
+                    f"S3 delete of {len(response['Errors'])} object(s) failed, first "
+                    f"s3://{self.bucket}/{first['Key']}: {first['Code']}"
+                )
 
     def link(self, key: str, filename: str, expires_in: int) -> str:
         """A presigned GET URL that downloads under filename (made locally: no request to S3)."""
         with self._errors("presign", key, DestinationError):
-            return self.client.generate_presigned_url("get_object", ExpiresIn=expires_in, Params={
-                "Bucket": self.bucket, "Key": self.prefix + key,
-                "ResponseContentDisposition": f'attachment; filename="{filename}"'})
+            return self.client.generate_presigned_url(
+                "get_object",
+                ExpiresIn=expires_in,
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self.prefix + key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+            )
 
 
-def s3_client(session: boto3.session.Session | None = None, *, endpoint_url: str | None = None,
-              max_attempts: int = 5, unsigned: bool = False, **client_options):
+def s3_client(
+    session: boto3.session.Session | None = None,
+    *,
+    endpoint_url: str | None = None,
+    max_attempts: int = 5,
+    unsigned: bool = False,
+    **client_options,
+):
     """A boto3 S3 client for exports; credentials and region from the standard AWS chain unless given.
 
     Standard retry mode (throttling and 5xx answers retried with backoff); SigV4 always, which
@@ -337,10 +393,20 @@ def s3_client(session: boto3.session.Session | None = None, *, endpoint_url: str
     the API requires them (boto3's default integrity checksums are rejected by several such stores)
     and path-style addressing (no bucket DNS names).
     """
-    compatible = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
-                  "s3": {"addressing_style": "path"}} if endpoint_url else {}
-    config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
-                    signature_version=UNSIGNED if unsigned else "s3v4", **compatible)
+    compatible = (
+        {
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            "s3": {"addressing_style": "path"},
+        }
+        if endpoint_url
+        else {}
+    )
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        signature_version=UNSIGNED if unsigned else "s3v4",
+        **compatible,
+    )
     return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint_url, config=config, **client_options)
 
 
@@ -349,13 +415,15 @@ def endpoint_variable(environ: Mapping[str, str]) -> str | None:
     return next((name for name in ENDPOINT_VARIABLES if environ.get(name, "").strip()), None)
 
 
-def open_destination(url: str, *, client=None, endpoint_url: str | None = None, sse: str | None = None,
-                     kms_key_id: str | None = None) -> Destination:
+def open_destination(
+    url: str, *, client=None, endpoint_url: str | None = None, sse: str | None = None, kms_key_id: str | None = None
+) -> Destination:
     """s3://bucket/prefix (through the given boto3 client, else s3_client(endpoint_url=...)) or a local folder."""
     if url.startswith("s3://"):
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ConfigurationError(f"destination {url!r} names no bucket")
-        return S3Destination(client or s3_client(endpoint_url=endpoint_url), bucket, prefix, sse=sse,
-                             kms_key_id=kms_key_id)
+        return S3Destination(
+            client or s3_client(endpoint_url=endpoint_url), bucket, prefix, sse=sse, kms_key_id=kms_key_id
+        )
     return LocalDestination(url)

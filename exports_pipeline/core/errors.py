@@ -1,4 +1,5 @@
 """Errors a user can act on: each message names what is wrong (never a secret)."""
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@
    checks on what was written;
 2. publish_export: only when every blocking check passed, upload files, manifest, then latest.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -78,8 +79,14 @@ UNIQUE_IDS_CHECK = "contact_id_unique"
 HEADER_CHECK = "header_matches_spec"
 ANOMALIES_CHECK = "no_row_anomalies"
 E164_CHECK = "phone_numbers_e164"
-FILE_NAMES = {"csv": "campaign_results.csv", "parquet": "campaign_results.parquet", "jsonl": "campaign_results.jsonl",
-              "xlsx": "campaign_results.xlsx", "csv.gz": "campaign_results.csv.gz", "pdf": "campaign_summary.pdf"}
+FILE_NAMES = {
+    "csv": "campaign_results.csv",
+    "parquet": "campaign_results.parquet",
+    "jsonl": "campaign_results.jsonl",
+    "xlsx": "campaign_results.xlsx",
+    "csv.gz": "campaign_results.csv.gz",
+    "pdf": "campaign_summary.pdf",
+}
 STATS_FILE = "campaign_stats.json"
 ROW_FORMATS = ("csv", "parquet", "jsonl", "xlsx", "csv.gz")
 # From this size on, each table is read in its own process. Below it, threads of this process are
@@ -149,8 +156,13 @@ class PublishedExport:
 
 def _empty_rows(question_count: int, campaign: CampaignInfo) -> pl.DataFrame:
     """A zero-row frame with every column build_rows produces (the header of an empty export)."""
-    return build_rows(campaign, pl.DataFrame(schema=CONTACTS_SCHEMA), pl.DataFrame(schema=ATTEMPTS_SCHEMA),
-                      pl.DataFrame(schema=ANSWERS_SCHEMA), question_count)
+    return build_rows(
+        campaign,
+        pl.DataFrame(schema=CONTACTS_SCHEMA),
+        pl.DataFrame(schema=ATTEMPTS_SCHEMA),
+        pl.DataFrame(schema=ANSWERS_SCHEMA),
+        question_count,
+    )
 
 
 def _open_writers(folder: Path, options: ExportOptions, columns: list[str], questions: list[tuple[int, str]]):
@@ -171,45 +183,58 @@ def _check_xlsx_limits(campaign_id: str, options: ExportOptions, rows: int, colu
     if rows > XLSX_MAX_ROWS:
         raise InvalidInputError(
             f"option formats: xlsx holds at most {XLSX_MAX_ROWS:,} rows and campaign {campaign_id} selects "
-            f"{rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts")
+            f"{rows:,} contacts; choose csv, csv.gz, parquet or jsonl, or filter the contacts"
+        )
     if len(columns) > XLSX_MAX_COLUMNS:
         raise InvalidInputError(
             f"option formats: xlsx holds at most {XLSX_MAX_COLUMNS:,} columns and campaign {campaign_id} exports "
             f"{len(columns):,} (its questions reach position {columns[-1].removeprefix('q').removesuffix('_answer')});"
-            " choose csv, csv.gz, parquet or jsonl, or select fewer columns")
+            " choose csv, csv.gz, parquet or jsonl, or select fewer columns"
+        )
 
 
-def _spill_campaign(source: SourceReader, campaign_id: str, contacts: int, spill: BucketSpill, batch_size: int,
-                    reader_processes: bool) -> dict[str, StreamTally]:
+def _spill_campaign(
+    source: SourceReader, campaign_id: str, contacts: int, spill: BucketSpill, batch_size: int, reader_processes: bool
+) -> dict[str, StreamTally]:
     """Phase 1: the three tables streamed at once (PostgreSQL serves them in parallel) into the buckets,
     each read in its own process when asked and the source can share its snapshot."""
     queries = source.snapshot_queries(campaign_id, contacts) if reader_processes else None
     streams = {"contacts": source.contact_frames, "attempts": source.attempt_frames, "answers": source.answer_frames}
     with ThreadPoolExecutor(max_workers=len(streams), thread_name_prefix="export-read") as pool:
         if queries:
-            futures = {table: pool.submit(spill_table_in_process, queries[table], batch_size, spill, table)
-                       for table in streams}
+            futures = {
+                table: pool.submit(spill_table_in_process, queries[table], batch_size, spill, table)
+                for table in streams
+            }
         else:
-            futures = {table: pool.submit(spill_table, frames(campaign_id, batch_size), spill, table)
-                       for table, frames in streams.items()}
+            futures = {
+                table: pool.submit(spill_table, frames(campaign_id, batch_size), spill, table)
+                for table, frames in streams.items()
+            }
         tallies = {table: future.result() for table, future in futures.items()}
     spill.close()
     return tallies
 
 
 @contextmanager
-def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_id: str, *,
-                 statement_timeout_ms: int = 600_000,
-                 progress: Callable[[int, int], None] | None = None,
-                 reader_processes: bool | None = None,
-                 shared_read: CampaignRead | None = None) -> Iterator[StagedExport]:
+def stage_export(
+    source_url: str,
+    campaign_id: str,
+    options: ExportOptions,
+    run_id: str,
+    *,
+    statement_timeout_ms: int = 600_000,
+    progress: Callable[[int, int], None] | None = None,
+    reader_processes: bool | None = None,
+    shared_read: CampaignRead | None = None,
+) -> Iterator[StagedExport]:
     """Read the campaign in one snapshot and write its files to a temporary folder (removed on exit), in
     four steps: read, route, write, check.
     reader_processes: read the tables in child processes (None: from READER_PROCESSES_MIN_CONTACTS on).
     shared_read: the campaign already read, rows included, from a snapshot shared with other campaigns
     (reading.campaigns_in_read_order); None: read it here, from its own snapshot, streaming."""
     cid = parse_campaign_id(campaign_id)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as staging:
         folder = Path(staging)
         if shared_read is None:
@@ -225,11 +250,23 @@ def stage_export(source_url: str, campaign_id: str, options: ExportOptions, run_
         files = _files(folder, writers, read, snapshot, figures, written.rows, options)
         anomalies = _anomalies(tallies, written, writers)
         yield StagedExport(
-            campaign_id=cid, campaign=read.campaign, snapshot=snapshot, snapshot_time=read.snapshot_time,
-            started_at=started_at, options=options, columns=_columns(read, options), questions=read.questions,
-            rows=written.rows, anomalies=dict(anomalies), fingerprint=_fingerprint(read, tallies), files=files,
+            campaign_id=cid,
+            campaign=read.campaign,
+            snapshot=snapshot,
+            snapshot_time=read.snapshot_time,
+            started_at=started_at,
+            options=options,
+            columns=_columns(read, options),
+            questions=read.questions,
+            rows=written.rows,
+            anomalies=dict(anomalies),
+            fingerprint=_fingerprint(read, tallies),
+            files=files,
             checks=_checks(files, _columns(read, options), written, read.selected_contacts, anomalies),
-            preview=written.preview, run_id=run_id, stats=figures)
+            preview=written.preview,
+            run_id=run_id,
+            stats=figures,
+        )
 
 
 def _columns(read: CampaignRead, options: ExportOptions) -> list[str]:
@@ -247,8 +284,14 @@ def _read(source: SourceReader, campaign_id: str, options: ExportOptions) -> Cam
     return _checked(read_campaign(source, campaign_id, options), campaign_id, options)
 
 
-def _route(source: SourceReader, cid: str, read: CampaignRead, folder: Path, options: ExportOptions,
-           reader_processes: bool | None) -> tuple[BucketSpill, dict[str, StreamTally]]:
+def _route(
+    source: SourceReader,
+    cid: str,
+    read: CampaignRead,
+    folder: Path,
+    options: ExportOptions,
+    reader_processes: bool | None,
+) -> tuple[BucketSpill, dict[str, StreamTally]]:
     """Step 2, streaming: the three tables routed into export-order buckets on local disk."""
     contacts = read.all_contacts
     (folder / "buckets").mkdir()
@@ -262,14 +305,18 @@ def _route(source: SourceReader, cid: str, read: CampaignRead, folder: Path, opt
 def _route_in_memory(read: CampaignRead) -> tuple[MemorySpill, dict[str, StreamTally]]:
     """Step 2, for rows already in memory (one bucket): the same routing, without the disk."""
     spill = MemorySpill()
-    tallies = {table: spill_table(iter([frame] if frame.height else []), spill, table)
-               for table, frame in read.tables.items()}
+    tallies = {
+        table: spill_table(iter([frame] if frame.height else []), spill, table) for table, frame in read.tables.items()
+    }
     return spill, tallies
 
 
 def _fingerprint(read: CampaignRead, tallies: dict[str, StreamTally]) -> dict:
-    return fingerprint_of(read.campaign.updated_at, {name: (tally.rows, tally.latest) for name, tally in tallies.items()},
-                          len(read.questions))
+    return fingerprint_of(
+        read.campaign.updated_at,
+        {name: (tally.rows, tally.latest) for name, tally in tallies.items()},
+        len(read.questions),
+    )
 
 
 @dataclass
@@ -284,8 +331,13 @@ class _Written:
     preview: pl.DataFrame | None = None
 
 
-def _write(read: CampaignRead, spill: BucketSpill | MemorySpill, folder: Path, options: ExportOptions,
-           progress: Callable[[int, int], None] | None) -> tuple[dict, _Written]:
+def _write(
+    read: CampaignRead,
+    spill: BucketSpill | MemorySpill,
+    folder: Path,
+    options: ExportOptions,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict, _Written]:
     """Step 3: bucket by bucket, in export order, through the transform into the writers. Each format has its
     own writer thread (polars and pyarrow release the GIL), and a batch is written while the next one is
     built: at most two batches are in memory, and every writer still receives the batches in order."""
@@ -317,8 +369,9 @@ def _write(read: CampaignRead, spill: BucketSpill | MemorySpill, folder: Path, o
     return writers, written
 
 
-def _batch(read: CampaignRead, spill: BucketSpill | MemorySpill, bucket: int, options: ExportOptions,
-           written: _Written) -> pl.DataFrame | None:
+def _batch(
+    read: CampaignRead, spill: BucketSpill | MemorySpill, bucket: int, options: ExportOptions, written: _Written
+) -> pl.DataFrame | None:
     """One bucket's export rows (None when the options select none of its contacts); the figures, anomalies,
     id hashes and preview take it into account."""
     contacts = spill.read("contacts", bucket, CONTACTS_SCHEMA).sort("created_at", "id")
@@ -333,45 +386,60 @@ def _batch(read: CampaignRead, spill: BucketSpill | MemorySpill, bucket: int, op
     written.id_hashes.append(batch["contact_id"].hash(seed=0))
     written.invalid_phones += int((~selected["phone_number"].str.contains(E164)).sum())
     if written.preview is None:
-        written.preview = csv_frame(batch.head(PREVIEW_ROWS), _columns(read, options), options.formula_guard,
-                                    timestamps_as_text=True)
+        written.preview = csv_frame(
+            batch.head(PREVIEW_ROWS), _columns(read, options), options.formula_guard, timestamps_as_text=True
+        )
     return batch
 
 
 def _anomalies(tallies: dict[str, StreamTally], written: _Written, writers: dict) -> Counter:
-    anomalies: Counter = Counter({k: 0 for k in ANOMALY_KINDS})
-    anomalies.update({"attempts_other_campaign": tallies["attempts"].misfiled,
-                      "answers_other_campaign": tallies["answers"].misfiled})
+    anomalies: Counter = Counter(dict.fromkeys(ANOMALY_KINDS, 0))
+    anomalies.update(
+        {"attempts_other_campaign": tallies["attempts"].misfiled, "answers_other_campaign": tallies["answers"].misfiled}
+    )
     anomalies.update(written.anomalies)
     if "xlsx" in writers:
         anomalies["xlsx_cells_cut"] += writers["xlsx"].cut_cells
     return anomalies
 
 
-def _files(folder: Path, writers: dict, read: CampaignRead, snapshot: str, figures: dict, rows: int,
-           options: ExportOptions) -> list[StagedFile]:
+def _files(
+    folder: Path, writers: dict, read: CampaignRead, snapshot: str, figures: dict, rows: int, options: ExportOptions
+) -> list[StagedFile]:
     """The staged files: the writers', the PDF summary when asked, and the figures."""
     files = [StagedFile(FILE_NAMES[fmt], fmt, w.path, w.rows) for fmt, w in writers.items()]
     if "pdf" in options.formats:
         from exports_pipeline.core.summary_pdf import write_summary_pdf  # reportlab: loaded for PDFs only
 
-        write_summary_pdf(folder / FILE_NAMES["pdf"], figures["campaign_id"], read.campaign.name, snapshot, rows, figures)
+        write_summary_pdf(
+            folder / FILE_NAMES["pdf"], figures["campaign_id"], read.campaign.name, snapshot, rows, figures
+        )
         files.append(StagedFile(FILE_NAMES["pdf"], "pdf", folder / FILE_NAMES["pdf"], None))
     (folder / STATS_FILE).write_text(json.dumps(figures, indent=2))
     files.append(StagedFile(STATS_FILE, "json", folder / STATS_FILE, None))
     return files
 
 
-def _checks(files: list[StagedFile], columns: list[str], written: _Written, expected_rows: int,
-            anomalies: Counter) -> list[CheckOutcome]:
+def _checks(
+    files: list[StagedFile], columns: list[str], written: _Written, expected_rows: int, anomalies: Counter
+) -> list[CheckOutcome]:
     """Step 4: the blocking checks on what was written, then the reported ones."""
-    return _blocking_checks(files, columns, written.rows, expected_rows, written.id_hashes) + [
-        CheckOutcome(ANOMALIES_CHECK, not any(anomalies.values()), False,
-                     "Rows the export set aside or could not read (counted, never fatal).", dict(anomalies)),
-        CheckOutcome(E164_CHECK, written.invalid_phones == 0, False,
-                     "Share of exported phone numbers that are not valid E.164.",
-                     {"not_e164": written.invalid_phones, "share_percent": percentage(written.invalid_phones,
-                                                                                      written.rows)}),
+    return [
+        *_blocking_checks(files, columns, written.rows, expected_rows, written.id_hashes),
+        CheckOutcome(
+            ANOMALIES_CHECK,
+            not any(anomalies.values()),
+            False,
+            "Rows the export set aside or could not read (counted, never fatal).",
+            dict(anomalies),
+        ),
+        CheckOutcome(
+            E164_CHECK,
+            written.invalid_phones == 0,
+            False,
+            "Share of exported phone numbers that are not valid E.164.",
+            {"not_e164": written.invalid_phones, "share_percent": percentage(written.invalid_phones, written.rows)},
+        ),
     ]
 
 
@@ -388,20 +456,34 @@ def _written_header(files: list[StagedFile], columns: list[str]) -> list[str]:
     return columns  # no file with a header (jsonl, xlsx and pdf only): nothing to compare
 
 
-def _blocking_checks(files: list[StagedFile], columns: list[str], rows: int, expected_rows: int,
-                     id_hashes: list[pl.Series]) -> list[CheckOutcome]:
+def _blocking_checks(
+    files: list[StagedFile], columns: list[str], rows: int, expected_rows: int, id_hashes: list[pl.Series]
+) -> list[CheckOutcome]:
     all_hashes = pl.concat(id_hashes) if id_hashes else pl.Series([], dtype=pl.UInt64)
     distinct = all_hashes.n_unique()
     header = _written_header(files, columns)
     return [
-        CheckOutcome(ROW_COUNT_CHECK, rows == expected_rows, True,
-                     "Rows written equal the contacts selected in the same snapshot.",
-                     {"rows_written": rows, "contacts_selected": expected_rows}),
-        CheckOutcome(UNIQUE_IDS_CHECK, distinct == all_hashes.len(), True,
-                     "Each contact appears once.", {"rows": all_hashes.len(), "distinct_contact_ids": distinct}),
-        CheckOutcome(HEADER_CHECK, header == columns, True,
-                     "Header is the SPEC section 3 column list for the options used.",
-                     {"expected": ",".join(columns), "written": ",".join(header)}),
+        CheckOutcome(
+            ROW_COUNT_CHECK,
+            rows == expected_rows,
+            True,
+            "Rows written equal the contacts selected in the same snapshot.",
+            {"rows_written": rows, "contacts_selected": expected_rows},
+        ),
+        CheckOutcome(
+            UNIQUE_IDS_CHECK,
+            distinct == all_hashes.len(),
+            True,
+            "Each contact appears once.",
+            {"rows": all_hashes.len(), "distinct_contact_ids": distinct},
+        ),
+        CheckOutcome(
+            HEADER_CHECK,
+            header == columns,
+            True,
+            "Header is the SPEC section 3 column list for the options used.",
+            {"expected": ",".join(columns), "written": ",".join(header)},
+        ),
     ]
 
 
@@ -414,7 +496,7 @@ def build_manifest(staged: StagedExport, file_records: list[dict]) -> dict:
         "snapshot": staged.snapshot,
         "snapshot_time": staged.snapshot_time.isoformat(),
         "started_at": staged.started_at.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "options": staged.options.describe(),
         "source_fingerprint": staged.fingerprint,
         "questions": [{"position": p, "prompt": t} for p, t in staged.questions],
@@ -429,11 +511,16 @@ def prepare_publication(staged: StagedExport) -> Publication:
     if failed:
         raise BlockingCheckError(
             f"campaign {staged.campaign_id}: blocking check(s) failed, nothing published: "
-            + "; ".join(f"{c.name} {c.metadata}" for c in failed))
+            + "; ".join(f"{c.name} {c.metadata}" for c in failed)
+        )
     manifest = build_manifest(staged, [f.describe() for f in staged.files])
     folder = snapshot_folder(staged.campaign_id, staged.snapshot)
-    return Publication(staged, snapshot_manifest_key(staged.campaign_id, staged.snapshot), manifest,
-                       {f.format: f"{folder}/{f.name}" for f in staged.files})
+    return Publication(
+        staged,
+        snapshot_manifest_key(staged.campaign_id, staged.snapshot),
+        manifest,
+        {f.format: f"{folder}/{f.name}" for f in staged.files},
+    )
 
 
 def publish(publication: Publication, destination: Destination) -> bool:
@@ -442,10 +529,17 @@ def publish(publication: Publication, destination: Destination) -> bool:
     already names the snapshot (the answer to a write that landed was lost)."""
     staged = publication.staged
     try:
-        upload_snapshot(destination, staged.campaign_id, staged.snapshot, staged.files,
-                        publication.manifest["files"], publication.manifest)
+        upload_snapshot(
+            destination,
+            staged.campaign_id,
+            staged.snapshot,
+            staged.files,
+            publication.manifest["files"],
+            publication.manifest,
+        )
         return staged.options.moves_latest and move_latest(
-            destination, staged.campaign_id, staged.snapshot, publication.manifest_key)
+            destination, staged.campaign_id, staged.snapshot, publication.manifest_key
+        )
     except BaseException:
         with suppress(Exception):
             if (read_latest(destination, staged.campaign_id) or {}).get("snapshot") == staged.snapshot:
@@ -458,8 +552,11 @@ def remove_earlier_attempts(destination: Destination, campaign_id: str, run_id: 
     """Before a retry publishes, remove what an earlier attempt of the same run left of this campaign (its own
     clean-up failed too), so that a run never publishes two snapshots; never the one latest.json names."""
     named = (read_latest(destination, campaign_id) or {}).get("snapshot")
-    earlier = {o.key.split("/")[1] for o in destination.list(campaign_prefix(campaign_id) + "/")
-               if o.key.count("/") >= 2 and is_run_snapshot(o.key.split("/")[1], run_id)}
+    earlier = {
+        o.key.split("/")[1]
+        for o in destination.list(campaign_prefix(campaign_id) + "/")
+        if o.key.count("/") >= 2 and is_run_snapshot(o.key.split("/")[1], run_id)
+    }
     for snapshot in earlier - {named}:
         remove_snapshot(destination, campaign_id, snapshot)
 
@@ -468,5 +565,6 @@ def publish_export(staged: StagedExport, destination: Destination) -> PublishedE
     """prepare_publication and publish in one call, for callers that report nothing in between."""
     publication = prepare_publication(staged)
     moved = publish(publication, destination)
-    return PublishedExport(publication.snapshot, publication.manifest_key, publication.manifest,
-                           publication.file_keys, moved)
+    return PublishedExport(
+        publication.snapshot, publication.manifest_key, publication.manifest, publication.file_keys, moved
+    )

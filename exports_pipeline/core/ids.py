@@ -1,4 +1,5 @@
 """Campaign ids go into SQL and object keys, so they are validated as UUIDs first."""
+
 from __future__ import annotations
 
 import uuid

@@ -12,9 +12,10 @@ Text forms (docs/contract.md, "Timestamps at the edges"): years 0001 to 9999 as 
 (+020000-01-01T00:00:00.000Z, -000043-03-15T12:00:00.000Z for 44 BC: year 0 is 1 BC);
 infinity and -infinity as the words, PostgreSQL's own spelling.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -25,7 +26,7 @@ INFINITY_US = 8_210_266_876_799_999_999  # +262142-12-31T23:59:59.999999Z
 # Parquet has no infinite timestamp: it gets the values DuckDB reads as infinity and -infinity.
 PARQUET_INFINITY_US = 2**63 - 1
 PARQUET_NEG_INFINITY_US = -(2**63 - 1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PLAIN_FIRST_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 _PLAIN_LAST_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 
@@ -38,8 +39,10 @@ def has_edges(frame: pl.DataFrame, columns: list[str]) -> bool:
     """Whether any of these timestamp columns holds a year outside 0001..9999 or an infinity."""
     if not columns or frame.is_empty():
         return False
-    bounds = frame.select([pl.col(c).dt.epoch("us").min().alias(f"{c}_min") for c in columns]
-                          + [pl.col(c).dt.epoch("us").max().alias(f"{c}_max") for c in columns]).row(0)
+    bounds = frame.select(
+        [pl.col(c).dt.epoch("us").min().alias(f"{c}_min") for c in columns]
+        + [pl.col(c).dt.epoch("us").max().alias(f"{c}_max") for c in columns]
+    ).row(0)
     return any(v is not None and not _PLAIN_FIRST_US <= v <= _PLAIN_LAST_US for v in bounds)
 
 
@@ -58,21 +61,36 @@ def timestamp_text(column: str, digits: int, edges: bool = True) -> pl.Expr:
     if not edges:
         return plain.alias(column)
     year = value.dt.year()
-    expanded = (pl.when(year < 0).then(pl.lit("-")).otherwise(pl.lit("+"))
-                + year.abs().cast(pl.String).str.zfill(6) + value.dt.to_string(f"-%m-%dT%H:%M:%S%.{digits}fZ"))
+    expanded = (
+        pl.when(year < 0).then(pl.lit("-")).otherwise(pl.lit("+"))
+        + year.abs().cast(pl.String).str.zfill(6)
+        + value.dt.to_string(f"-%m-%dT%H:%M:%S%.{digits}fZ")
+    )
     micros = value.dt.epoch("us")
-    return (pl.when(micros == INFINITY_US).then(pl.lit("infinity"))
-            .when(micros == NEG_INFINITY_US).then(pl.lit("-infinity"))
-            .when(year.is_between(1, 9999)).then(plain)
-            .otherwise(expanded).alias(column))
+    return (
+        pl.when(micros == INFINITY_US)
+        .then(pl.lit("infinity"))
+        .when(micros == NEG_INFINITY_US)
+        .then(pl.lit("-infinity"))
+        .when(year.is_between(1, 9999))
+        .then(plain)
+        .otherwise(expanded)
+        .alias(column)
+    )
 
 
 def parquet_timestamp(column: str) -> pl.Expr:
     """Infinity and -infinity as Parquet stores them (PARQUET_*INFINITY_US); other instants unchanged."""
     micros = pl.col(column).dt.epoch("us")
-    return (pl.when(micros == INFINITY_US).then(pl.lit(PARQUET_INFINITY_US))
-            .when(micros == NEG_INFINITY_US).then(pl.lit(PARQUET_NEG_INFINITY_US))
-            .otherwise(micros).cast(UTC_US).alias(column))
+    return (
+        pl.when(micros == INFINITY_US)
+        .then(pl.lit(PARQUET_INFINITY_US))
+        .when(micros == NEG_INFINITY_US)
+        .then(pl.lit(PARQUET_NEG_INFINITY_US))
+        .otherwise(micros)
+        .cast(UTC_US)
+        .alias(column)
+    )
 
 
 def _civil_date(days: int) -> tuple[int, int, int]:
@@ -102,27 +120,29 @@ def instant_text(micros: int) -> str:
     year, month, day = _civil_date(days)
     seconds, fraction = divmod(rest, 1_000_000)
     sign = "-" if year < 0 else "+"
-    return (f"{sign}{abs(year):06d}-{month:02d}-{day:02d}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
-            f"{seconds % 60:02d}.{fraction:06d}+00:00")
+    return (
+        f"{sign}{abs(year):06d}-{month:02d}-{day:02d}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
+        f"{seconds % 60:02d}.{fraction:06d}+00:00"
+    )
 
 
 def clamped_datetime(value: datetime | int) -> datetime:
     """A UTC datetime for ordering (sensor cursors): instants Python's datetime does not hold become its
     first or last instant, which keeps their order (ties are broken by campaign id)."""
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     if _PLAIN_FIRST_US <= value <= _PLAIN_LAST_US:
         return _EPOCH + timedelta(microseconds=value)
-    return (datetime.max if value > 0 else datetime.min).replace(tzinfo=timezone.utc)
+    return (datetime.max if value > 0 else datetime.min).replace(tzinfo=UTC)
 
 
 def fingerprint_order(text: str) -> datetime:
     """A fingerprint instant (fingerprint_instant's text) as a datetime that orders it: infinity and years
     past 9999 as Python's last instant, -infinity and years before 1 as its first."""
     if text.startswith(("+", "infinity")):
-        return datetime.max.replace(tzinfo=timezone.utc)
+        return datetime.max.replace(tzinfo=UTC)
     if text.startswith("-"):
-        return datetime.min.replace(tzinfo=timezone.utc)
+        return datetime.min.replace(tzinfo=UTC)
     return datetime.fromisoformat(text)
 
 
@@ -131,5 +151,5 @@ def fingerprint_instant(value: datetime | int | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat()
+        return value.astimezone(UTC).isoformat()
     return instant_text(value)

@@ -3,6 +3,7 @@
 Links are made on demand, never stored: an S3 destination gives a presigned GET URL that downloads
 under the name campaign-<id>-<snapshot>.<format>; a local destination gives the file's path.
 """
+
 from __future__ import annotations
 
 from exports_pipeline.core.destinations import Destination
@@ -36,14 +37,16 @@ def file_link(destination: Destination, campaign_id: str, snapshot: str, record:
     return destination.link(key, f"campaign-{campaign_id}-{snapshot}.{record['format']}", expires_in)
 
 
-def latest_link(destination: Destination, campaign_id: str, fmt: str = "csv",
-                expires_in: int = DEFAULT_LINK_EXPIRY_SECONDS) -> str:
+def latest_link(
+    destination: Destination, campaign_id: str, fmt: str = "csv", expires_in: int = DEFAULT_LINK_EXPIRY_SECONDS
+) -> str:
     """The link to the file of this format in the snapshot latest.json names."""
     cid = parse_campaign_id(campaign_id)
     manifest = read_manifest(destination, cid)
     if manifest is None:
-        raise ExportError(f"campaign {cid} has no export yet: no latest.json under "
-                          f"{destination.location(campaign_prefix(cid))}")
+        raise ExportError(
+            f"campaign {cid} has no export yet: no latest.json under {destination.location(campaign_prefix(cid))}"
+        )
     record = next((f for f in manifest["files"] if f["format"] == fmt), None)
     if record is None:
         raise ExportError(f"campaign {cid}: the latest snapshot {manifest['snapshot']} has no {fmt} file")

@@ -1,17 +1,35 @@
 """The export's columns and run options (SPEC section 3), validated before any work starts."""
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from exports_pipeline.core.errors import InvalidInputError
 
 BASE_COLUMNS: tuple[str, ...] = (
-    "campaign_id", "campaign_name", "assistant_name", "contact_id", "external_contact_id", "name",
-    "business_name", "phone_number", "outcome", "attempt_count", "last_attempt_at", "completed_at",
-    "call_status", "call_started_at", "call_ended_at", "call_duration_seconds", "ended_reason",
-    "call_cost_usd", "total_cost_usd", "recording_url", "transcript_summary",
+    "campaign_id",
+    "campaign_name",
+    "assistant_name",
+    "contact_id",
+    "external_contact_id",
+    "name",
+    "business_name",
+    "phone_number",
+    "outcome",
+    "attempt_count",
+    "last_attempt_at",
+    "completed_at",
+    "call_status",
+    "call_started_at",
+    "call_ended_at",
+    "call_duration_seconds",
+    "ended_reason",
+    "call_cost_usd",
+    "total_cost_usd",
+    "recording_url",
+    "transcript_summary",
 )
 ANSWER_COLUMN = re.compile(r"^q([1-9][0-9]*)_answer$")
 CONTACT_STATES: tuple[str, ...] = ("pending", "in_progress", "completed", "refused", "not_reached", "excluded")
@@ -34,8 +52,8 @@ def export_columns(question_count: int, selected: tuple[str, ...] | None = None)
     unknown = [c for c in selected if c not in every]
     if unknown:
         raise InvalidInputError(
-            f"option columns: unknown column(s) {', '.join(unknown)} for this campaign; "
-            f"allowed: {', '.join(every)}")
+            f"option columns: unknown column(s) {', '.join(unknown)} for this campaign; allowed: {', '.join(every)}"
+        )
     chosen = set(selected)
     return [c for c in every if c in chosen]
 
@@ -45,7 +63,7 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
         return None
     if value.tzinfo is None:
         raise InvalidInputError(f"option {name}: {value.isoformat()} has no time zone; give an offset or Z")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,8 @@ class ExportOptions:
             if bad or not expanded:
                 raise InvalidInputError(
                     f"option states: {', '.join(bad) or 'empty list'} not allowed; allowed: "
-                    f"{', '.join(CONTACT_STATES)} or the preset 'terminal' ({', '.join(TERMINAL_STATES)})")
+                    f"{', '.join(CONTACT_STATES)} or the preset 'terminal' ({', '.join(TERMINAL_STATES)})"
+                )
             object.__setattr__(self, "states", tuple(s for s in CONTACT_STATES if s in set(expanded)))
         object.__setattr__(self, "updated_from", _utc(self.updated_from, "updated_from"))
         object.__setattr__(self, "updated_to", _utc(self.updated_to, "updated_to"))
@@ -83,11 +102,14 @@ class ExportOptions:
             if bad:
                 raise InvalidInputError(
                     f"option columns: unknown column(s) {', '.join(bad)}; allowed: "
-                    f"{', '.join(BASE_COLUMNS)}, q1_answer..qN_answer")
+                    f"{', '.join(BASE_COLUMNS)}, q1_answer..qN_answer"
+                )
             object.__setattr__(self, "columns", tuple(dict.fromkeys(self.columns)))
         bad_formats = [f for f in self.formats if f not in FORMATS]
         if bad_formats:
-            raise InvalidInputError(f"option formats: {', '.join(bad_formats)} not allowed; allowed: {', '.join(FORMATS)}")
+            raise InvalidInputError(
+                f"option formats: {', '.join(bad_formats)} not allowed; allowed: {', '.join(FORMATS)}"
+            )
         object.__setattr__(self, "formats", tuple(f for f in FORMATS if f in set(self.formats)))
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InvalidInputError(f"option batch_size: {self.batch_size!r} must be a positive integer")

@@ -3,12 +3,13 @@
 Readers only ever follow latest.json to a manifest and a manifest to its files, so a run that fails
 at any step leaves nothing reachable. latest.json moves only forward (compare-and-swap).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from exports_pipeline.core.destinations import Destination
@@ -46,8 +47,13 @@ class StagedFile:
         with open(self.path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        return {"name": self.name, "format": self.format, "bytes": self.path.stat().st_size,
-                "sha256": digest.hexdigest(), "rows": self.rows}
+        return {
+            "name": self.name,
+            "format": self.format,
+            "bytes": self.path.stat().st_size,
+            "sha256": digest.hexdigest(),
+            "rows": self.rows,
+        }
 
 
 def snapshot_name(snapshot_time: datetime, run_id: str) -> str:
@@ -67,7 +73,7 @@ def is_run_snapshot(snapshot: str, run_id: str) -> bool:
 def snapshot_time(name: str) -> datetime | None:
     """The source snapshot time a snapshot folder is named after; None for other names."""
     try:
-        return datetime.strptime(name.split("-", 1)[0], SNAPSHOT_TIME_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(name.split("-", 1)[0], SNAPSHOT_TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -111,11 +117,17 @@ def read_manifest(destination: Destination, campaign_id: str) -> dict | None:
     return json.loads(data) if data else None
 
 
-def upload_snapshot(destination: Destination, campaign_id: str, snapshot: str, files: list[StagedFile],
-                    file_records: list[dict], manifest: dict) -> str:
+def upload_snapshot(
+    destination: Destination,
+    campaign_id: str,
+    snapshot: str,
+    files: list[StagedFile],
+    file_records: list[dict],
+    manifest: dict,
+) -> str:
     """Files first (sizes checked against what was written), then the manifest. Returns its key."""
     folder = snapshot_folder(campaign_id, snapshot)
-    for staged, record in zip(files, file_records):
+    for staged, record in zip(files, file_records, strict=True):
         stored = destination.upload_file(f"{folder}/{staged.name}", staged.path, CONTENT_TYPES[staged.format])
         if stored != record["bytes"]:
             raise PublicationError(f"{staged.name}: stored {stored} bytes, wrote {record['bytes']}")

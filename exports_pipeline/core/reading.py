@@ -15,6 +15,7 @@ An error a retry can mend (a lost connection, a timeout: errors.TRANSIENT_ERRORS
 the cause of failure of every campaign the shared read had not served yet, which the retry then exports.
 A run of one campaign reads it on its own, as the command line always did.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -119,11 +120,17 @@ def _query_together(queries: dict[str, SnapshotQuery]) -> SnapshotQuery:
     """One query for the rows of these campaigns: each campaign's own query, its rows tagged with its id.
     NaN costs are not rejected here, where they would fail every campaign of the chunk, but per campaign."""
     first = next(iter(queries.values()))
-    sql = " UNION ALL ".join(f"(SELECT '{cid}'::text AS {_TAG}, q.* FROM ({query.sql}) q)"
-                             for cid, query in queries.items())
+    sql = " UNION ALL ".join(
+        f"(SELECT '{cid}'::text AS {_TAG}, q.* FROM ({query.sql}) q)" for cid, query in queries.items()
+    )
     unreadable = " UNION ALL ".join(query.unreadable_instants_sql for query in queries.values())
-    return replace(first, sql=sql, schema={_TAG: pl.String, **first.schema}, unreadable_instants_sql=unreadable,
-                   rejects_nan_costs=False)
+    return replace(
+        first,
+        sql=sql,
+        schema={_TAG: pl.String, **first.schema},
+        unreadable_instants_sql=unreadable,
+        rejects_nan_costs=False,
+    )
 
 
 def _tables_together(queries: dict[str, dict[str, SnapshotQuery]], contacts: int) -> dict[str, dict]:
@@ -133,7 +140,9 @@ def _tables_together(queries: dict[str, dict[str, SnapshotQuery]], contacts: int
         together = _query_together({cid: q[table] for cid, q in queries.items()})
         frames = list(together.frames(max(1, contacts)))
         frame = pl.concat(frames) if frames else pl.DataFrame(schema=together.schema)
-        tables[table] = {key[0]: part for key, part in frame.partition_by(_TAG, as_dict=True, include_key=False).items()}
+        tables[table] = {
+            key[0]: part for key, part in frame.partition_by(_TAG, as_dict=True, include_key=False).items()
+        }
     return tables
 
 
@@ -156,8 +165,10 @@ def _rows_alone(source: SourceReader, campaign_id: str) -> dict[str, pl.DataFram
         raise
     except ExportError:
         return None
-    return {table: pl.concat(parts) if parts else pl.DataFrame(schema=TABLE_SCHEMAS[table])
-            for table, parts in frames.items()}
+    return {
+        table: pl.concat(parts) if parts else pl.DataFrame(schema=TABLE_SCHEMAS[table])
+        for table, parts in frames.items()
+    }
 
 
 def _read_chunk(source: SourceReader, reads: dict[str, CampaignRead]) -> dict[str, CampaignRead]:
@@ -191,17 +202,18 @@ def _reads(source: SourceReader, campaign_ids: list[str], options: ExportOptions
     return reads
 
 
-def _shared_reads(source_url: str, campaign_ids: list[str], options: ExportOptions,
-                  statement_timeout_ms: int) -> Iterator[tuple[str, CampaignRead]]:
+def _shared_reads(
+    source_url: str, campaign_ids: list[str], options: ExportOptions, statement_timeout_ms: int
+) -> Iterator[tuple[str, CampaignRead]]:
     with open_source(source_url, statement_timeout_ms) as source:
         reads = _reads(source, campaign_ids, options)
         for chunk in _chunks(reads):
             yield from _read_chunk(source, {cid: reads[cid] for cid in chunk}).items()
 
 
-def campaigns_in_read_order(source_url: str, campaign_ids: list[str], options: ExportOptions,
-                            statement_timeout_ms: int = 600_000
-                            ) -> Iterator[tuple[str, CampaignRead | ExportError | None]]:
+def campaigns_in_read_order(
+    source_url: str, campaign_ids: list[str], options: ExportOptions, statement_timeout_ms: int = 600_000
+) -> Iterator[tuple[str, CampaignRead | ExportError | None]]:
     """Each of these campaigns once: first those served by the shared snapshot with their read (small
     campaigns, chunk by chunk, while the snapshot is open), then, once it is closed, the others with None
     (each reads on its own), or with the transient error that stopped the shared read (their cause of failure).

@@ -12,6 +12,7 @@ latest.json names.
 Only keys that follow the layout (campaign_id=<id>/<snapshot>/...) are considered; anything else
 under the destination is left alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 
@@ -47,23 +48,34 @@ class Removal:
     keys: tuple[str, ...]
 
 
-def plan_retention(destination: Destination, retention_days: int, *, leftover_grace: timedelta = timedelta(hours=24),
-                   now: datetime | None = None) -> list[Removal]:
+def plan_retention(
+    destination: Destination,
+    retention_days: int,
+    *,
+    leftover_grace: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> list[Removal]:
     """What apply_retention would remove, campaign by campaign (the listing comes in key order)."""
     if retention_days < 1:
         raise ConfigurationError(f"retention of {retention_days} days: keep snapshots at least 1 day")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     removals: list[Removal] = []
     for folder, objects in groupby(destination.list(""), key=lambda o: o.key.split("/", 1)[0]):
         campaign_id = campaign_of(folder)
         if campaign_id is not None:
-            removals += _campaign_removals(destination, campaign_id, list(objects),
-                                           now - timedelta(days=retention_days), now - leftover_grace)
+            removals += _campaign_removals(
+                destination, campaign_id, list(objects), now - timedelta(days=retention_days), now - leftover_grace
+            )
     return removals + _empty_snapshot_removals(destination, now - leftover_grace)
 
 
-def _campaign_removals(destination: Destination, campaign_id: str, objects: list[StoredObject],
-                       expired_before: datetime, leftover_before: datetime) -> list[Removal]:
+def _campaign_removals(
+    destination: Destination,
+    campaign_id: str,
+    objects: list[StoredObject],
+    expired_before: datetime,
+    leftover_before: datetime,
+) -> list[Removal]:
     latest = read_latest(destination, campaign_id)
     named = latest["snapshot"] if latest else None
     removals = []
@@ -94,8 +106,12 @@ def _empty_snapshot_removals(destination: Destination, leftover_before: datetime
     for folder in destination.empty_folders():
         campaign, _, snapshot = folder.key.partition("/")
         campaign_id = campaign_of(campaign)
-        if campaign_id is None or "/" in snapshot or snapshot_time(snapshot) is None \
-                or folder.modified >= leftover_before:
+        if (
+            campaign_id is None
+            or "/" in snapshot
+            or snapshot_time(snapshot) is None
+            or folder.modified >= leftover_before
+        ):
             continue
         latest = read_latest(destination, campaign_id)
         if latest is None or latest["snapshot"] != snapshot:
@@ -103,8 +119,14 @@ def _empty_snapshot_removals(destination: Destination, leftover_before: datetime
     return removals
 
 
-def apply_retention(destination: Destination, retention_days: int, *, dry_run: bool = False,
-                    leftover_grace: timedelta = timedelta(hours=24), now: datetime | None = None) -> list[Removal]:
+def apply_retention(
+    destination: Destination,
+    retention_days: int,
+    *,
+    dry_run: bool = False,
+    leftover_grace: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> list[Removal]:
     """Remove (or, in a dry run, only list) what retention finds; returns it.
 
     Manifests go first, so that no reader ever finds a manifest whose files are already gone.
@@ -126,21 +148,28 @@ def _newest_change(folder: Path) -> datetime:
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-    return datetime.fromtimestamp(newest, timezone.utc)
+    return datetime.fromtimestamp(newest, UTC)
 
 
-def apply_staging_retention(temp_dir: str | os.PathLike | None = None, *, dry_run: bool = False,
-                            leftover_grace: timedelta = timedelta(hours=24),
-                            now: datetime | None = None) -> list[Removal]:
+def apply_staging_retention(
+    temp_dir: str | os.PathLike | None = None,
+    *,
+    dry_run: bool = False,
+    leftover_grace: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> list[Removal]:
     """Remove (or list) staging folders left in temp_dir (default: this host's temporary folder) by killed
     exports. An export writes into its folder while it reads and transforms, and run monitoring stops any
     export after 6 hours: a folder untouched for the grace (24 hours) is abandoned. Other users' are skipped."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     removals = []
     for folder in sorted(Path(temp_dir or tempfile.gettempdir()).glob(STAGING_PREFIX + "*")):
         try:
-            if not folder.is_dir() or folder.stat().st_uid != os.getuid() or \
-                    _newest_change(folder) >= now - leftover_grace:
+            if (
+                not folder.is_dir()
+                or folder.stat().st_uid != os.getuid()
+                or _newest_change(folder) >= now - leftover_grace
+            ):
                 continue
             files = tuple(str(path) for path in sorted(folder.rglob("*")) if path.is_file())
             if not dry_run:

@@ -5,6 +5,7 @@ bulk read through connectorx imports it, so all reads see the same data while th
 written to. SQLite (the embedded demo): a read transaction held open keeps writers out meanwhile.
 Every reader returns frames of one normalized shape (see the *_SCHEMA dicts), whatever the source.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -37,31 +38,84 @@ from exports_pipeline.core.sourceurl import POSTGRESQL, redact_text, redact_url,
 APPLICATION_NAME = "exports-pipeline"
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "campaigns": ("id", "name", "assistant_name", "owner_id", "owner_email", "status", "created_at",
-                  "updated_at", "completed_at"),
+    "campaigns": (
+        "id",
+        "name",
+        "assistant_name",
+        "owner_id",
+        "owner_email",
+        "status",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    ),
     "survey_questions": ("campaign_id", "position", "prompt"),
-    "contacts": ("id", "campaign_id", "external_contact_id", "name", "business_name", "phone_number", "state",
-                 "attempt_count", "last_attempt_at", "completed_at", "created_at", "updated_at"),
-    "call_attempts": ("id", "campaign_id", "contact_id", "attempt_number", "status", "started_at", "ended_at",
-                      "ended_reason", "cost_usd", "recording_url", "transcript"),
+    "contacts": (
+        "id",
+        "campaign_id",
+        "external_contact_id",
+        "name",
+        "business_name",
+        "phone_number",
+        "state",
+        "attempt_count",
+        "last_attempt_at",
+        "completed_at",
+        "created_at",
+        "updated_at",
+    ),
+    "call_attempts": (
+        "id",
+        "campaign_id",
+        "contact_id",
+        "attempt_number",
+        "status",
+        "started_at",
+        "ended_at",
+        "ended_reason",
+        "cost_usd",
+        "recording_url",
+        "transcript",
+    ),
     "survey_responses": ("campaign_id", "contact_id", "question_position", "answer", "answered_at"),
 }
 
 CONTACTS_SCHEMA = {
-    "id": pl.String, "external_contact_id": pl.String, "name": pl.String, "business_name": pl.String,
-    "phone_number": pl.String, "state": pl.String, "attempt_count": pl.Int64, "last_attempt_at": UTC_US,
-    "completed_at": UTC_US, "created_at": UTC_US, "updated_at": UTC_US,
+    "id": pl.String,
+    "external_contact_id": pl.String,
+    "name": pl.String,
+    "business_name": pl.String,
+    "phone_number": pl.String,
+    "state": pl.String,
+    "attempt_count": pl.Int64,
+    "last_attempt_at": UTC_US,
+    "completed_at": UTC_US,
+    "created_at": UTC_US,
+    "updated_at": UTC_US,
 }
 # Attempts and answers filed under the campaign, each with its contact's created_at: null when the
 # contact is not one of the campaign's (such rows are counted, never exported).
 ATTEMPTS_SCHEMA = {
-    "contact_created_at": UTC_US, "id": pl.String, "contact_id": pl.String, "attempt_number": pl.Int64,
-    "status": pl.String, "started_at": UTC_US, "ended_at": UTC_US, "ended_reason": pl.String,
-    "cost_units": pl.Int64, "recording_url": pl.String, "transcript_kind": pl.String,
+    "contact_created_at": UTC_US,
+    "id": pl.String,
+    "contact_id": pl.String,
+    "attempt_number": pl.Int64,
+    "status": pl.String,
+    "started_at": UTC_US,
+    "ended_at": UTC_US,
+    "ended_reason": pl.String,
+    "cost_units": pl.Int64,
+    "recording_url": pl.String,
+    "transcript_kind": pl.String,
     "transcript_summary": pl.String,
 }
-ANSWERS_SCHEMA = {"contact_created_at": UTC_US, "contact_id": pl.String, "position": pl.Int64, "answer": pl.String,
-                  "answered_at": UTC_US}
+ANSWERS_SCHEMA = {
+    "contact_created_at": UTC_US,
+    "contact_id": pl.String,
+    "position": pl.Int64,
+    "answer": pl.String,
+    "answered_at": UTC_US,
+}
 TRANSCRIPT_KINDS = ("ok", "no_text", "not_object", "text_not_string", "invalid_json")
 
 
@@ -88,7 +142,7 @@ class EdgeInstantLoader(TimestamptzBinaryLoader):
         if abs(micros) >= self._PG_INFINITY:
             return INFINITY_US if micros > 0 else NEG_INFINITY_US
         try:
-            return super().load(data).astimezone(timezone.utc)
+            return super().load(data).astimezone(UTC)
         except psycopg.DataError:
             return micros + self._PG_EPOCH_US
 
@@ -96,9 +150,13 @@ class EdgeInstantLoader(TimestamptzBinaryLoader):
 def connect_reading(url: str, statement_timeout_ms: int) -> psycopg.Connection:
     """A read-only autocommit session, named, with a statement timeout and EdgeInstantLoader; a lost host
     fails the connection after connect_timeout instead of hanging a sensor tick or an export."""
-    conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10,
-                           options=f"-c statement_timeout={int(statement_timeout_ms)} "
-                                   "-c default_transaction_read_only=on")
+    conn = psycopg.connect(
+        url,
+        autocommit=True,
+        application_name=APPLICATION_NAME,
+        connect_timeout=10,
+        options=f"-c statement_timeout={int(statement_timeout_ms)} -c default_transaction_read_only=on",
+    )
     conn.adapters.register_loader("timestamptz", EdgeInstantLoader)
     return conn
 
@@ -163,7 +221,7 @@ class SourceReader(ClosingReader):
         """SPEC section 5: what 'changed since the last export' compares (see fingerprint.py).
         CampaignNotFoundError for a campaign the source does not hold."""
 
-    def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, "SnapshotQuery"] | None:
+    def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, SnapshotQuery] | None:
         """The contacts, attempts and answers streams as queries another process can read in this
         snapshot, or None when the snapshot cannot be shared (SQLite). contacts: the campaign's size,
         which the server's memory for the reads is sized to."""
@@ -185,7 +243,9 @@ TRANSIENT_SOURCE_FAILURES = re.compile(
     "could not connect|connection to server .* failed|broken pipe|unexpected eof|timed? ?out|"
     "canceling statement due to (statement|lock) timeout|the database system is (starting up|shutting down|"
     "in recovery mode)|too many (connections|clients)|could not serialize access|deadlock detected|"
-    "out of shared memory|cannot connect now", re.IGNORECASE)
+    "out of shared memory|cannot connect now",
+    re.IGNORECASE,
+)
 
 
 def _translate(message: str, url: str) -> Exception:
@@ -220,8 +280,13 @@ class SnapshotQuery:
         text, which saves the server formatting them."""
         checked = False
         try:
-            reader = cx.read_sql(self.cx_url, self.sql, return_type="arrow_stream", batch_size=batch_size,
-                                 pre_execution_query=list(self.pre_execution))
+            reader = cx.read_sql(
+                self.cx_url,
+                self.sql,
+                return_type="arrow_stream",
+                batch_size=batch_size,
+                pre_execution_query=list(self.pre_execution),
+            )
             for batch in reader:
                 if batch.num_rows:
                     frame = pl.from_arrow(batch).cast(self.schema)
@@ -242,15 +307,20 @@ class SnapshotQuery:
 
     def _fail_on_unreadable_instants(self) -> None:
         try:
-            found = cx.read_sql(self.cx_url, self.unreadable_instants_sql, return_type="polars",
-                                pre_execution_query=list(self.pre_execution))
+            found = cx.read_sql(
+                self.cx_url,
+                self.unreadable_instants_sql,
+                return_type="polars",
+                pre_execution_query=list(self.pre_execution),
+            )
         except Exception as exc:
             raise _translate(str(exc), self.source_url) from None
         if found.height:
             column, row_id, value = found.row(0)
             raise SourceSchemaError(
                 f"timestamp {value} in {column} (row id {row_id}) is after {LAST_READABLE_INSTANT} UTC, the latest "
-                "instant the export can read (docs/contract.md, timestamps at the edges)")
+                "instant the export can read (docs/contract.md, timestamps at the edges)"
+            )
 
 
 def _instant_columns(frame: pl.DataFrame) -> list[str]:
@@ -273,7 +343,9 @@ def unreadable_instants_sql(campaign_id: str) -> str:
         f"(SELECT '{table}.{column}' AS column_name, {row_id} AS row_id, {column}::text AS value FROM {table} "
         f"WHERE campaign_id = '{campaign_id}' AND {column} > '{LAST_READABLE_INSTANT}+00' "
         f"AND {column} <> 'infinity' LIMIT 1)"
-        for table, (row_id, columns) in _INSTANT_COLUMNS.items() for column in columns)
+        for table, (row_id, columns) in _INSTANT_COLUMNS.items()
+        for column in columns
+    )
 
 
 # The attempts and answers reads join to the campaign's contacts through an in-memory hash of them.
@@ -326,8 +398,12 @@ def _joining_snapshot(snapshot_id: str, statement_timeout_ms: int) -> tuple[str,
 
 def _require_columns(found: dict[str, set[str]]) -> None:
     """Fail naming each missing table (found: the columns of each table there is) and each missing column."""
-    missing = [f"table {t}" if t not in found else f"column {t}.{c}"
-               for t, cols in REQUIRED_COLUMNS.items() for c in cols if t not in found or c not in found[t]]
+    missing = [
+        f"table {t}" if t not in found else f"column {t}.{c}"
+        for t, cols in REQUIRED_COLUMNS.items()
+        for c in cols
+        if t not in found or c not in found[t]
+    ]
     if missing:
         raise SourceSchemaError("source schema: missing " + ", ".join(dict.fromkeys(missing)))
 
@@ -345,15 +421,19 @@ def _contact_filter(campaign_id: str, options: ExportOptions) -> str:
 
 # Bucket boundaries only bound bucket sizes, so an approximate instant will do: infinities and instants
 # past what the reads can hold (they fail there, by name) are clamped.
-_CREATED_US = (f"CASE WHEN created_at > '{LAST_READABLE_INSTANT}+00' THEN {INFINITY_US} "
-               f"WHEN created_at = '-infinity' THEN {NEG_INFINITY_US} "
-               "ELSE (extract(epoch FROM created_at) * 1000000)::int8 END")
+_CREATED_US = (
+    f"CASE WHEN created_at > '{LAST_READABLE_INSTANT}+00' THEN {INFINITY_US} "
+    f"WHEN created_at = '-infinity' THEN {NEG_INFINITY_US} "
+    "ELSE (extract(epoch FROM created_at) * 1000000)::int8 END"
+)
 
 
 def _contacts_sql(campaign_id: str) -> str:
-    return ("SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
-            "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
-            f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'")
+    return (
+        "SELECT c.id, c.external_contact_id, c.name, c.business_name, c.phone_number, c.state, "
+        "c.attempt_count::int8 AS attempt_count, c.last_attempt_at, c.completed_at, c.created_at, c.updated_at "
+        f"FROM contacts c WHERE c.campaign_id = '{campaign_id}'"
+    )
 
 
 def _attempts_sql(campaign_id: str) -> str:
@@ -371,14 +451,17 @@ def _attempts_sql(campaign_id: str) -> str:
         "CASE WHEN jsonb_typeof(a.text) = 'string' THEN left(a.text #>> '{}', 100) END AS transcript_summary "
         "FROM (SELECT a.*, a.transcript -> 'text' AS text FROM call_attempts a "
         f"      WHERE a.campaign_id = '{campaign_id}' OFFSET 0) a "
-        "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id")
+        "LEFT JOIN contacts c ON c.id = a.contact_id AND c.campaign_id = a.campaign_id"
+    )
 
 
 def _answers_sql(campaign_id: str) -> str:
-    return ("SELECT c.created_at AS contact_created_at, r.contact_id, "
-            "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
-            "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
-            f"WHERE r.campaign_id = '{campaign_id}'")
+    return (
+        "SELECT c.created_at AS contact_created_at, r.contact_id, "
+        "r.question_position::int8 AS position, r.answer, r.answered_at FROM survey_responses r "
+        "LEFT JOIN contacts c ON c.id = r.contact_id AND c.campaign_id = r.campaign_id "
+        f"WHERE r.campaign_id = '{campaign_id}'"
+    )
 
 
 class _StreamRead(NamedTuple):
@@ -392,8 +475,9 @@ class _StreamRead(NamedTuple):
 
 _STREAM_READS = {
     "contacts": _StreamRead(_contacts_sql, CONTACTS_SCHEMA, rejects_nan_costs=False, joins_contacts=False),
-    "attempts": _StreamRead(_attempts_sql, {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True,
-                            joins_contacts=True),
+    "attempts": _StreamRead(
+        _attempts_sql, {**ATTEMPTS_SCHEMA, "nan_cost_id": pl.String}, rejects_nan_costs=True, joins_contacts=True
+    ),
     "answers": _StreamRead(_answers_sql, ANSWERS_SCHEMA, rejects_nan_costs=False, joins_contacts=True),
 }
 
@@ -406,8 +490,7 @@ class PostgresSource(SourceReader):
         self._session = _connect_source(url, statement_timeout_ms)
         try:
             self._session.execute(_SNAPSHOT_TRANSACTION)
-            snapshot_id, taken_at = self._session.execute(
-                "SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+            snapshot_id, taken_at = self._session.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
             self._check_schema()
         except psycopg.Error as exc:
             self._session.close()
@@ -415,7 +498,7 @@ class PostgresSource(SourceReader):
         except BaseException:
             self._session.close()
             raise
-        self.snapshot_time = taken_at.astimezone(timezone.utc)
+        self.snapshot_time = taken_at.astimezone(UTC)
         self._pre_execution = _joining_snapshot(snapshot_id, int(statement_timeout_ms))
 
     def _rows(self, sql: str, params: dict | None = None, binary: bool = False) -> list[tuple]:
@@ -428,28 +511,43 @@ class PostgresSource(SourceReader):
     def _check_schema(self) -> None:
         found: dict[str, set[str]] = {}
         for table, column in self._rows(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                f"WHERE table_schema = current_schema() AND table_name IN ({_in_list(list(REQUIRED_COLUMNS))})"):
+            "SELECT table_name, column_name FROM information_schema.columns "
+            f"WHERE table_schema = current_schema() AND table_name IN ({_in_list(list(REQUIRED_COLUMNS))})"
+        ):
             found.setdefault(table, set()).add(column)
         _require_columns(found)
 
     def _query(self, stream: str, campaign_id: str, contacts: int = 0) -> SnapshotQuery:
         read = _STREAM_READS[stream]
         hash_memory = f"SET hash_mem_multiplier = {join_hash_mem_multiplier(contacts if read.joins_contacts else 0)}"
-        return SnapshotQuery(self._cx_url, self._url, (*self._pre_execution, hash_memory), read.sql(campaign_id),
-                             read.schema, unreadable_instants_sql(campaign_id), read.rejects_nan_costs)
+        return SnapshotQuery(
+            self._cx_url,
+            self._url,
+            (*self._pre_execution, hash_memory),
+            read.sql(campaign_id),
+            read.schema,
+            unreadable_instants_sql(campaign_id),
+            read.rejects_nan_costs,
+        )
 
     def campaign(self, campaign_id: str) -> CampaignInfo | None:
-        rows = self._rows("SELECT id::text, name, assistant_name, status, owner_email, updated_at "
-                          f"FROM campaigns WHERE id = '{campaign_id}'", binary=True)
+        rows = self._rows(
+            "SELECT id::text, name, assistant_name, status, owner_email, updated_at "
+            f"FROM campaigns WHERE id = '{campaign_id}'",
+            binary=True,
+        )
         return CampaignInfo(*rows[0]) if rows else None
 
     def campaign_ids(self) -> list[str]:
         return [r[0] for r in self._rows("SELECT id::text FROM campaigns ORDER BY created_at, id")]
 
     def questions(self, campaign_id: str) -> list[tuple[int, str]]:
-        return [(int(p), t) for p, t in self._rows(
-            f"SELECT position, prompt FROM survey_questions WHERE campaign_id = '{campaign_id}' ORDER BY position")]
+        return [
+            (int(p), t)
+            for p, t in self._rows(
+                f"SELECT position, prompt FROM survey_questions WHERE campaign_id = '{campaign_id}' ORDER BY position"
+            )
+        ]
 
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
         return self._rows(f"SELECT count(*) FROM contacts c WHERE {_contact_filter(campaign_id, options)}")[0][0]
@@ -457,8 +555,11 @@ class PostgresSource(SourceReader):
     def contact_key_sample(self, campaign_id: str, fraction: float) -> pl.DataFrame:
         sample = "" if fraction >= 1 else f" AND random() < {fraction:.9f}"
         rows = self._rows(f"SELECT {_CREATED_US}, id::text FROM contacts WHERE campaign_id = '{campaign_id}'{sample}")
-        return pl.DataFrame(rows, schema={"created_at": pl.Int64, "id": pl.String}, orient="row",
-                            ).with_columns(pl.col("created_at").cast(UTC_US))
+        return pl.DataFrame(
+            rows,
+            schema={"created_at": pl.Int64, "id": pl.String},
+            orient="row",
+        ).with_columns(pl.col("created_at").cast(UTC_US))
 
     def snapshot_queries(self, campaign_id: str, contacts: int) -> dict[str, SnapshotQuery]:
         return {stream: self._query(stream, campaign_id, contacts) for stream in _STREAM_READS}
@@ -484,17 +585,28 @@ def _reject_nan_costs(frame: pl.DataFrame) -> pl.DataFrame:
     bad = frame.filter(pl.col("nan_cost_id").is_not_null())
     if bad.height:
         raise SourceSchemaError(
-            f"call_attempts.cost_usd is NaN for attempt {bad['nan_cost_id'][0]}: money must be a number")
+            f"call_attempts.cost_usd is NaN for attempt {bad['nan_cost_id'][0]}: money must be a number"
+        )
     return frame.drop("nan_cost_id").select(list(ATTEMPTS_SCHEMA))
 
 
 # --------------------------------------------------------------------------------------------- SQLite
 
+
 def _canonical_uuid_expr(column: str) -> pl.Expr:
     """SQLite stores uuids as text in any case and with or without hyphens."""
     hexed = pl.col(column).str.strip_chars().str.to_lowercase().str.replace_all("-", "")
-    return (hexed.str.slice(0, 8) + "-" + hexed.str.slice(8, 4) + "-" + hexed.str.slice(12, 4) + "-"
-            + hexed.str.slice(16, 4) + "-" + hexed.str.slice(20, 12)).alias(column)
+    return (
+        hexed.str.slice(0, 8)
+        + "-"
+        + hexed.str.slice(8, 4)
+        + "-"
+        + hexed.str.slice(12, 4)
+        + "-"
+        + hexed.str.slice(16, 4)
+        + "-"
+        + hexed.str.slice(20, 12)
+    ).alias(column)
 
 
 def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: str) -> pl.DataFrame:
@@ -507,16 +619,28 @@ def _timestamps(frame: pl.DataFrame, table: str, columns: list[str], id_column: 
         naive = text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
         date_only = text.str.to_datetime("%Y-%m-%d", time_unit="us", strict=False)
         word = text.str.to_lowercase()
-        infinity = (pl.when(word.is_in(["infinity", "+infinity"])).then(pl.lit(INFINITY_US))
-                    .when(word == "-infinity").then(pl.lit(NEG_INFINITY_US)).cast(UTC_US))
-        exprs.append(pl.coalesce(with_offset.dt.convert_time_zone("UTC"), naive.dt.replace_time_zone("UTC"),
-                                 date_only.dt.replace_time_zone("UTC"), infinity).alias(column))
+        infinity = (
+            pl.when(word.is_in(["infinity", "+infinity"]))
+            .then(pl.lit(INFINITY_US))
+            .when(word == "-infinity")
+            .then(pl.lit(NEG_INFINITY_US))
+            .cast(UTC_US)
+        )
+        exprs.append(
+            pl.coalesce(
+                with_offset.dt.convert_time_zone("UTC"),
+                naive.dt.replace_time_zone("UTC"),
+                date_only.dt.replace_time_zone("UTC"),
+                infinity,
+            ).alias(column)
+        )
     parsed = frame.with_columns(exprs)
     for column in columns:
         bad = frame.filter(parsed[column].is_null() & frame[column].is_not_null())
         if bad.height:
-            raise SourceSchemaError(f"unparseable timestamp {bad[column][0]!r} in {table}.{column} "
-                                    f"(row id {bad[id_column][0]})")
+            raise SourceSchemaError(
+                f"unparseable timestamp {bad[column][0]!r} in {table}.{column} (row id {bad[id_column][0]})"
+            )
     return parsed
 
 
@@ -551,29 +675,41 @@ def _as_text(columns: dict[str, str]) -> str:
 
 def _with_contact(alias: str, campaign_id: str) -> str:
     """The join that gives each row its contact's created_at, when the contact is the campaign's."""
-    return (f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
-            f"AND {_uuid_match('c.campaign_id', campaign_id)} "
-            f"WHERE {_uuid_match(alias + '.campaign_id', campaign_id)}")
+    return (
+        f"LEFT JOIN contacts c ON lower(replace(c.id, '-', '')) = lower(replace({alias}.contact_id, '-', '')) "
+        f"AND {_uuid_match('c.campaign_id', campaign_id)} "
+        f"WHERE {_uuid_match(alias + '.campaign_id', campaign_id)}"
+    )
 
 
 def _read_text(cx_url: str, sql: str, columns: list[str]) -> pl.DataFrame:
     """connectorx infers SQLite types from the first row (and fails on a NULL there), so every
     column is cast to TEXT and a first row of empty strings, dropped afterwards, fixes the types."""
     typing_row = ", ".join(f"'' AS {c}" for c in columns)
-    wrapped = (f"SELECT 1 AS typing_row, {typing_row} UNION ALL "
-               f"SELECT 0, {', '.join('q.' + c for c in columns)} FROM ({sql}) q")
+    wrapped = (
+        f"SELECT 1 AS typing_row, {typing_row} UNION ALL "
+        f"SELECT 0, {', '.join('q.' + c for c in columns)} FROM ({sql}) q"
+    )
     try:
         frame = cx.read_sql(cx_url, wrapped, return_type="polars")
     except Exception as exc:
         raise SourceSchemaError(f"source read failed: {exc}") from None
-    return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast({c: pl.String for c in columns})
+    return frame.filter(pl.col("typing_row") == 0).drop("typing_row").cast(dict.fromkeys(columns, pl.String))
 
 
 _SQLITE_CONTACTS = {column: f"c.{column}" for column in CONTACTS_SCHEMA}
-_SQLITE_ATTEMPTS = {"contact_created_at": "c.created_at", "id": "a.id", "contact_id": "a.contact_id",
-                    "attempt_number": "a.attempt_number", "status": "a.status", "started_at": "a.started_at",
-                    "ended_at": "a.ended_at", "ended_reason": "a.ended_reason", "cost_text": "a.cost_usd",
-                    "recording_url": "a.recording_url"}
+_SQLITE_ATTEMPTS = {
+    "contact_created_at": "c.created_at",
+    "id": "a.id",
+    "contact_id": "a.contact_id",
+    "attempt_number": "a.attempt_number",
+    "status": "a.status",
+    "started_at": "a.started_at",
+    "ended_at": "a.ended_at",
+    "ended_reason": "a.ended_reason",
+    "cost_text": "a.cost_usd",
+    "recording_url": "a.recording_url",
+}
 _SQLITE_TRANSCRIPT = (
     "CASE WHEN a.transcript IS NULL THEN NULL WHEN NOT json_valid(a.transcript) THEN 'invalid_json' "
     "     WHEN json_type(a.transcript) <> 'object' THEN 'not_object' "
@@ -581,9 +717,15 @@ _SQLITE_TRANSCRIPT = (
     "     WHEN json_type(a.transcript, '$.text') <> 'text' THEN 'text_not_string' ELSE 'ok' END AS transcript_kind, "
     "CASE WHEN json_valid(a.transcript) THEN CASE WHEN json_type(a.transcript) = 'object' "
     "     AND json_type(a.transcript, '$.text') = 'text' THEN substr(json_extract(a.transcript, '$.text'), 1, 100) "
-    "     END END AS transcript_summary")
-_SQLITE_ANSWERS = {"contact_created_at": "c.created_at", "contact_id": "r.contact_id",
-                   "position": "r.question_position", "answer": "r.answer", "answered_at": "r.answered_at"}
+    "     END END AS transcript_summary"
+)
+_SQLITE_ANSWERS = {
+    "contact_created_at": "c.created_at",
+    "contact_id": "r.contact_id",
+    "position": "r.question_position",
+    "answer": "r.answer",
+    "answered_at": "r.answered_at",
+}
 
 
 class SqliteSource(SourceReader):
@@ -600,7 +742,7 @@ class SqliteSource(SourceReader):
             self._check_schema()  # the first read takes the shared lock that keeps writers out
         except sqlite3.Error as exc:
             raise SourceUnavailableError(f"cannot open SQLite source {path}: {exc}") from None
-        self.snapshot_time = datetime.now(timezone.utc)
+        self.snapshot_time = datetime.now(UTC)
 
     def _rows(self, sql: str) -> list[tuple]:
         try:
@@ -609,14 +751,18 @@ class SqliteSource(SourceReader):
             raise SourceSchemaError(f"source schema: {exc}") from None
 
     def _check_schema(self) -> None:
-        found = {table: {r[1] for r in self._session.execute(f"PRAGMA table_info({table})").fetchall()}
-                 for table in REQUIRED_COLUMNS}
+        found = {
+            table: {r[1] for r in self._session.execute(f"PRAGMA table_info({table})").fetchall()}
+            for table in REQUIRED_COLUMNS
+        }
         _require_columns({table: columns for table, columns in found.items() if columns})
 
     def _updated_at(self, campaign_id: str) -> tuple[tuple, int] | None:
         """The campaign's row (name, assistant_name, status, owner_email) and its updated_at in microseconds."""
-        rows = self._rows("SELECT name, assistant_name, status, owner_email, CAST(updated_at AS TEXT) "
-                          f"FROM campaigns WHERE {_uuid_match('id', campaign_id)}")
+        rows = self._rows(
+            "SELECT name, assistant_name, status, owner_email, CAST(updated_at AS TEXT) "
+            f"FROM campaigns WHERE {_uuid_match('id', campaign_id)}"
+        )
         if not rows:
             return None
         *described, updated = rows[0]
@@ -628,22 +774,34 @@ class SqliteSource(SourceReader):
 
     def campaign_ids(self) -> list[str]:
         rows = self._rows("SELECT id FROM campaigns")
-        return pl.DataFrame({"id": [r[0] for r in rows]}, schema={"id": pl.String}).select(
-            _canonical_uuid_expr("id"))["id"].to_list()
+        return (
+            pl.DataFrame({"id": [r[0] for r in rows]}, schema={"id": pl.String})
+            .select(_canonical_uuid_expr("id"))["id"]
+            .to_list()
+        )
 
     def questions(self, campaign_id: str) -> list[tuple[int, str]]:
-        return [(int(p), t) for p, t in self._rows(
-            f"SELECT CAST(q.position AS INTEGER), q.prompt FROM survey_questions q "
-            f"WHERE {_uuid_match('q.campaign_id', campaign_id)} ORDER BY 1")]
+        return [
+            (int(p), t)
+            for p, t in self._rows(
+                f"SELECT CAST(q.position AS INTEGER), q.prompt FROM survey_questions q "
+                f"WHERE {_uuid_match('q.campaign_id', campaign_id)} ORDER BY 1"
+            )
+        ]
 
     def _contacts(self, campaign_id: str, states: tuple[str, ...] | None = None) -> pl.DataFrame:
         where = _uuid_match("c.campaign_id", campaign_id)
         if states is not None:
             where += f" AND c.state IN ({_in_list(list(states))})"
-        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_CONTACTS)} FROM contacts c WHERE {where}",
-                           list(_SQLITE_CONTACTS))
-        frame = _timestamps(frame.with_columns(_canonical_uuid_expr("id")), "contacts",
-                            ["last_attempt_at", "completed_at", "created_at", "updated_at"], "id")
+        frame = _read_text(
+            self._cx_url, f"SELECT {_as_text(_SQLITE_CONTACTS)} FROM contacts c WHERE {where}", list(_SQLITE_CONTACTS)
+        )
+        frame = _timestamps(
+            frame.with_columns(_canonical_uuid_expr("id")),
+            "contacts",
+            ["last_attempt_at", "completed_at", "created_at", "updated_at"],
+            "id",
+        )
         return frame.cast(CONTACTS_SCHEMA)
 
     def count_contacts(self, campaign_id: str, options: ExportOptions) -> int:
@@ -661,34 +819,53 @@ class SqliteSource(SourceReader):
         yield self._contacts(campaign_id)
 
     def attempt_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ATTEMPTS)}, {_SQLITE_TRANSCRIPT} "
-                           f"FROM call_attempts a {_with_contact('a', campaign_id)}",
-                           [*_SQLITE_ATTEMPTS, "transcript_kind", "transcript_summary"])
+        frame = _read_text(
+            self._cx_url,
+            f"SELECT {_as_text(_SQLITE_ATTEMPTS)}, {_SQLITE_TRANSCRIPT} "
+            f"FROM call_attempts a {_with_contact('a', campaign_id)}",
+            [*_SQLITE_ATTEMPTS, "transcript_kind", "transcript_summary"],
+        )
         frame = frame.with_columns(_canonical_uuid_expr("id"), _canonical_uuid_expr("contact_id"))
         frame = _timestamps(frame, "call_attempts", ["contact_created_at", "started_at", "ended_at"], "id")
-        units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"])]
-        yield frame.with_columns(pl.Series("cost_units", units, dtype=pl.Int64)).select(
-            list(ATTEMPTS_SCHEMA)).cast(ATTEMPTS_SCHEMA)
+        units = [_money_units(text, row_id) for text, row_id in zip(frame["cost_text"], frame["id"], strict=True)]
+        yield (
+            frame.with_columns(pl.Series("cost_units", units, dtype=pl.Int64))
+            .select(list(ATTEMPTS_SCHEMA))
+            .cast(ATTEMPTS_SCHEMA)
+        )
 
     def answer_frames(self, campaign_id: str, batch_size: int) -> Iterator[pl.DataFrame]:
-        frame = _read_text(self._cx_url, f"SELECT {_as_text(_SQLITE_ANSWERS)} FROM survey_responses r "
-                           f"{_with_contact('r', campaign_id)}", list(_SQLITE_ANSWERS))
-        frame = _timestamps(frame.with_columns(_canonical_uuid_expr("contact_id")), "survey_responses",
-                            ["contact_created_at", "answered_at"], "contact_id")
+        frame = _read_text(
+            self._cx_url,
+            f"SELECT {_as_text(_SQLITE_ANSWERS)} FROM survey_responses r {_with_contact('r', campaign_id)}",
+            list(_SQLITE_ANSWERS),
+        )
+        frame = _timestamps(
+            frame.with_columns(_canonical_uuid_expr("contact_id")),
+            "survey_responses",
+            ["contact_created_at", "answered_at"],
+            "contact_id",
+        )
         yield frame.cast(ANSWERS_SCHEMA)
 
     def _activity(self, stream: Stream, campaign_id: str) -> tuple[int, int | None]:
         """How many rows of the stream the campaign has, and their latest activity instant."""
         at = stream.activity_sql()
-        rows = self._rows(f"SELECT CAST({at} AS TEXT), CAST({stream.row_id} AS TEXT) "
-                          f"FROM {stream.table} WHERE {_uuid_match('campaign_id', campaign_id)}")
-        frame = _timestamps(pl.DataFrame(rows, schema={at: pl.String, "id": pl.String}, orient="row"),
-                            stream.table, [at], "id")
+        rows = self._rows(
+            f"SELECT CAST({at} AS TEXT), CAST({stream.row_id} AS TEXT) "
+            f"FROM {stream.table} WHERE {_uuid_match('campaign_id', campaign_id)}"
+        )
+        frame = _timestamps(
+            pl.DataFrame(rows, schema={at: pl.String, "id": pl.String}, orient="row"), stream.table, [at], "id"
+        )
         return len(rows), frame.select(pl.col(at).dt.epoch("us").max()).item()
 
     def fingerprint(self, campaign_id: str) -> dict:
         found = self._updated_at(campaign_id)
         if found is None:
             raise CampaignNotFoundError(f"campaign {campaign_id} is not in the source")
-        return fingerprint_of(found[1], {name: self._activity(stream, campaign_id) for name, stream in STREAMS.items()},
-                              len(self.questions(campaign_id)))
+        return fingerprint_of(
+            found[1],
+            {name: self._activity(stream, campaign_id) for name, stream in STREAMS.items()},
+            len(self.questions(campaign_id)),
+        )

@@ -1,4 +1,5 @@
 """Source and destination settings from the command's environment, with the embedded demo as the default."""
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,8 @@ def resolve_locations(env: Mapping[str, str]) -> Locations:
     missing = SOURCE_ENV if not source else DESTINATION_ENV
     present = DESTINATION_ENV if not source else SOURCE_ENV
     raise ConfigurationError(
-        f"{missing} is not set while {present} is: set both (production) or neither (embedded demo)")
+        f"{missing} is not set while {present} is: set both (production) or neither (embedded demo)"
+    )
 
 
 def source_dialect(url: str) -> str:
@@ -47,7 +49,8 @@ def source_dialect(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in _DIALECTS:
         raise UnsupportedSourceError(
-            f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path")
+            f"source URL {redact_url(url)!r}: unsupported scheme {scheme!r}; use postgresql://... or sqlite:///path"
+        )
     return _DIALECTS[scheme]
 
 

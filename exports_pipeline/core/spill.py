@@ -6,6 +6,7 @@ holds it; buckets are then read back one at a time, in order. The boundaries onl
 bucket: whatever they are, the concatenation of the sorted buckets is the export order, so the output
 never depends on them (nor on the batch size).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,11 +83,13 @@ class BucketSpill:
         if self.count == 1:  # one bucket: nothing to sort
             run, starts = rows, [0, rows.height]
         else:
-            buckets = self.boundaries.search_sorted(rows.select(order_key(created_at, contact_id)).to_series(),
-                                                    side="right").alias("bucket")
+            buckets = self.boundaries.search_sorted(
+                rows.select(order_key(created_at, contact_id)).to_series(), side="right"
+            ).alias("bucket")
             run = rows.with_columns(buckets).sort("bucket", maintain_order=True)
-            starts = run["bucket"].search_sorted(pl.Series(range(self.count + 1), dtype=pl.UInt32),
-                                                 side="left").to_list()
+            starts = (
+                run["bucket"].search_sorted(pl.Series(range(self.count + 1), dtype=pl.UInt32), side="left").to_list()
+            )
             run = run.drop("bucket")
         with self._lock:
             writer = self._writers.get(table)
@@ -150,8 +153,10 @@ class _PieceWriter:
         self._writer.close()
         self._sink.close()
         self._writer = self._sink = None
-        index = pl.DataFrame({"bucket": self._buckets, "batch": range(len(self._buckets))},
-                             schema={"bucket": pl.UInt32, "batch": pl.UInt32}).to_arrow()
+        index = pl.DataFrame(
+            {"bucket": self._buckets, "batch": range(len(self._buckets))},
+            schema={"bucket": pl.UInt32, "batch": pl.UInt32},
+        ).to_arrow()
         with ipc.new_file(str(self.index_path), index.schema) as writer:
             writer.write_table(index)
 
@@ -192,10 +197,17 @@ def spill_table(frames: Iterator[pl.DataFrame], spill: BucketSpill, table: str) 
 def spill_table_in_process(query, batch_size: int, spill: BucketSpill, table: str) -> StreamTally:
     """spill_table in a child process (python -m exports_pipeline.core.spill), for one SnapshotQuery.
     The child writes its table's bucket files and dies with its parent."""
-    job = {"query": query, "batch_size": batch_size, "folder": str(spill.folder), "table": table,
-           "boundaries": spill.boundaries.to_list(), "parent": os.getpid()}
-    done = subprocess.run([sys.executable, "-m", "exports_pipeline.core.spill"], input=pickle.dumps(job),
-                          capture_output=True, check=False)
+    job = {
+        "query": query,
+        "batch_size": batch_size,
+        "folder": str(spill.folder),
+        "table": table,
+        "boundaries": spill.boundaries.to_list(),
+        "parent": os.getpid(),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "exports_pipeline.core.spill"], input=pickle.dumps(job), capture_output=True, check=False
+    )
     if done.returncode != 0 or not done.stdout:
         detail = redact_text(done.stderr.decode(errors="replace").strip()[-2000:], query.source_url)
         raise ExportError(f"the reader of {table} stopped (exit status {done.returncode}): {detail}")

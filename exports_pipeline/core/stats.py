@@ -4,10 +4,11 @@ The figures cover the whole campaign in the export's snapshot: the export's own 
 no filter, otherwise a second pass over every contact. Attempts count when they are filed under the
 campaign and belong to one of its contacts (the export's own rule).
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import polars as pl
@@ -39,7 +40,7 @@ class CampaignStats:
     """Accumulates the figures over batches of (contacts, the campaign's own attempts)."""
 
     def __init__(self, snapshot_time: datetime):
-        self.snapshot_time = snapshot_time.astimezone(timezone.utc)
+        self.snapshot_time = snapshot_time.astimezone(UTC)
         self.last_hour = self.snapshot_time.replace(minute=0, second=0, microsecond=0)
         self.last_day = self.last_hour.replace(hour=0)
         self.states: Counter = Counter()
@@ -54,8 +55,12 @@ class CampaignStats:
         self.statuses.update(dict(attempts.group_by("status").len().iter_rows()))
         durations = attempts.select(call_duration_ms().alias("ms")).drop_nulls()
         if durations.height:
-            row = durations.select(pl.len(), pl.col("ms").sum().alias("total"), pl.col("ms").min().alias("min"),
-                                   pl.col("ms").max().alias("max")).row(0)
+            row = durations.select(
+                pl.len(),
+                pl.col("ms").sum().alias("total"),
+                pl.col("ms").min().alias("min"),
+                pl.col("ms").max().alias("max"),
+            ).row(0)
             self.durations["count"] += row[0]
             self.durations["total"] += row[1]
             self.durations["min"] = row[2] if self.durations["min"] is None else min(self.durations["min"], row[2])
@@ -73,8 +78,11 @@ class CampaignStats:
         attempts = {"total": sum(self.statuses.values()), **{s: self.statuses.get(s, 0) for s in ATTEMPT_STATUSES}}
         attempts.update({s: n for s, n in sorted(self.statuses.items()) if s not in ATTEMPT_STATUSES})
         count = self.durations["count"]
-        average = (Decimal(self.durations["total"]) / count / 1000).quantize(Decimal("0.001"), ROUND_HALF_UP) \
-            if count else None
+        average = (
+            (Decimal(self.durations["total"]) / count / 1000).quantize(Decimal("0.001"), ROUND_HALF_UP)
+            if count
+            else None
+        )
         return {
             "snapshot_time": self.snapshot_time.isoformat(),
             "contacts": contacts,
@@ -82,14 +90,25 @@ class CampaignStats:
             "completion_rate": percentage(contacts["completed"], contacts["total"]),
             "conversion_rate": percentage(contacts["completed"], contacts["completed"] + contacts["refused"]),
             "call_duration_seconds": {
-                "count": count, "average": float(average) if average is not None else None,
-                "min": _seconds(self.durations["min"]), "max": _seconds(self.durations["max"]),
-                "total": _seconds(self.durations["total"]) if count else 0.0},
+                "count": count,
+                "average": float(average) if average is not None else None,
+                "min": _seconds(self.durations["min"]),
+                "max": _seconds(self.durations["max"]),
+                "total": _seconds(self.durations["total"]) if count else 0.0,
+            },
             "total_cost_usd": _money(self.cost_units),
             "attempts_per_hour": [
-                {"hour": (h := self.last_hour - timedelta(hours=HOURS - 1 - i)).strftime("%Y-%m-%dT%H:00:00Z"),
-                 "attempts": self.hourly.get(h, 0)} for i in range(HOURS)],
+                {
+                    "hour": (h := self.last_hour - timedelta(hours=HOURS - 1 - i)).strftime("%Y-%m-%dT%H:00:00Z"),
+                    "attempts": self.hourly.get(h, 0),
+                }
+                for i in range(HOURS)
+            ],
             "attempts_per_day": [
-                {"day": (d := self.last_day - timedelta(days=DAYS - 1 - i)).strftime("%Y-%m-%d"),
-                 "attempts": self.daily.get(d, 0)} for i in range(DAYS)],
+                {
+                    "day": (d := self.last_day - timedelta(days=DAYS - 1 - i)).strftime("%Y-%m-%d"),
+                    "attempts": self.daily.get(d, 0),
+                }
+                for i in range(DAYS)
+            ],
         }

@@ -3,6 +3,7 @@
 Names are free text (CR, LF, TAB, escape characters, emoji, combining accents). These helpers change
 only how a name is shown, never the value exported.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,12 @@ def single_line(text: str) -> str:
 
 def _drawn_with_previous(char: str) -> bool:
     """Accents and other marks, joiners, variation selectors and skin tones belong to the character before."""
-    return (unicodedata.category(char).startswith("M") or char == ZERO_WIDTH_JOINER
-            or char in _VARIATION_SELECTORS or _SKIN_TONES[0] <= char <= _SKIN_TONES[1])
+    return (
+        unicodedata.category(char).startswith("M")
+        or char == ZERO_WIDTH_JOINER
+        or char in _VARIATION_SELECTORS
+        or _SKIN_TONES[0] <= char <= _SKIN_TONES[1]
+    )
 
 
 def char_width(char: str) -> int:

@@ -3,10 +3,11 @@
 A writer is opened once per export, receives the export rows batch by batch (native types from
 transform.build_batch) and is closed; memory holds one batch at a time.
 """
+
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -28,9 +29,21 @@ TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at", "call_started_at", "call
 MONEY_COLUMNS = {"call_cost_usd": ("call_cost_units", 12), "total_cost_usd": ("total_cost_units", 38)}
 # Never guarded: ids are ours and never start with a formula character.
 UNGUARDED_TEXT = ("campaign_id", "contact_id")
-TEXT_COLUMNS = ("campaign_id", "campaign_name", "assistant_name", "contact_id", "external_contact_id", "name",
-                "business_name", "phone_number", "outcome", "call_status", "ended_reason", "recording_url",
-                "transcript_summary")
+TEXT_COLUMNS = (
+    "campaign_id",
+    "campaign_name",
+    "assistant_name",
+    "contact_id",
+    "external_contact_id",
+    "name",
+    "business_name",
+    "phone_number",
+    "outcome",
+    "call_status",
+    "ended_reason",
+    "recording_url",
+    "transcript_summary",
+)
 REPEATED_VALUE_COLUMNS = ("campaign_id", "campaign_name", "assistant_name", "outcome", "call_status", "ended_reason")
 E164 = r"^\+[1-9][0-9]{1,14}$"
 FORMULA_START = r"^[=+\-@\t\r\n]"
@@ -46,8 +59,9 @@ def _fixed_point(units: pl.Expr, scale: int) -> pl.Expr:
     """Integer units as text with exactly `scale` decimals: never a float, never an exponent."""
     sign = pl.when(units < 0).then(pl.lit("-")).otherwise(pl.lit(""))
     magnitude = units.abs()
-    return (sign + (magnitude // 10 ** scale).cast(pl.String) + "."
-            + (magnitude % 10 ** scale).cast(pl.String).str.zfill(scale))
+    return (
+        sign + (magnitude // 10**scale).cast(pl.String) + "." + (magnitude % 10**scale).cast(pl.String).str.zfill(scale)
+    )
 
 
 def guard_formula(column: str) -> pl.Expr:
@@ -88,15 +102,21 @@ class CsvWriter:
     def __init__(self, path: Path, columns: list[str], bom: bool, formula_guard: bool, compress: bool = False):
         self.path, self.columns, self.bom, self.formula_guard = path, columns, bom, formula_guard
         self.rows = 0
-        self._raw = open(path, "wb")
+        self._raw = open(path, "wb")  # noqa: SIM115 (held across write() calls, closed by close())
         self._file = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="") if compress else self._raw
         self._header_written = False
 
     def write(self, rows: pl.DataFrame) -> None:
         edges = has_edges(rows, timestamps_in(self.columns))
         csv_frame(rows, self.columns, self.formula_guard, timestamps_as_text=edges).write_csv(
-            self._file, include_header=not self._header_written, include_bom=self.bom and not self._header_written,
-            quote_style="necessary", datetime_format=CSV_DATETIME_FORMAT, line_terminator="\n", null_value="")
+            self._file,
+            include_header=not self._header_written,
+            include_bom=self.bom and not self._header_written,
+            quote_style="necessary",
+            datetime_format=CSV_DATETIME_FORMAT,
+            line_terminator="\n",
+            null_value="",
+        )
         self._header_written = True
         self.rows += rows.height
 
@@ -164,7 +184,7 @@ class JsonLinesWriter:
 
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns, self.rows = path, columns, 0
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 (held across write() calls, closed by close())
 
     def write(self, rows: pl.DataFrame) -> None:
         edges = has_edges(rows, timestamps_in(self.columns))
@@ -190,8 +210,8 @@ XLSX_MAX_ROWS = 1_048_575  # one sheet holds 1,048,576 rows, the header included
 XLSX_MAX_COLUMNS = 16_384
 XLSX_MAX_CELL_CHARS = 32_767  # Excel counts UTF-16 code units
 XLSX_CUT_MARKER = " [… cut: Excel holds 32,767 characters per cell; the CSV has the whole text]"
-EXCEL_FIRST_DATE = datetime(1900, 3, 1, tzinfo=timezone.utc)  # Excel's dates before March 1900 are unreliable
-EXCEL_LAST_DATE = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=timezone.utc)
+EXCEL_FIRST_DATE = datetime(1900, 3, 1, tzinfo=UTC)  # Excel's dates before March 1900 are unreliable
+EXCEL_LAST_DATE = datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
 XLSX_DATE_FORMAT = "yyyy-mm-dd hh:mm:ss.000"
 XLSX_MIN_WIDTH, XLSX_MAX_WIDTH = 8, 60  # column widths, in characters (Excel's default is 8.43)
 XLSX_FILTER_BUTTON_WIDTH = 2  # the header's filter button covers about two characters
@@ -223,7 +243,8 @@ def shown_widths(rows: pl.DataFrame, columns: list[str], sample_rows: int) -> di
     over every row, the other columns over the first sample_rows rows (none: not measured)."""
     numbers = [c for c in columns if c in NUMBER_COLUMNS]
     lengths = csv_frame(rows, numbers, formula_guard=False, timestamps_as_text=False).select(
-        pl.all().cast(pl.String).str.len_chars())
+        pl.all().cast(pl.String).str.len_chars()
+    )
     widths = {c: lengths[c].max() or 0 for c in numbers}
     if sample_rows:
         others = [c for c in columns if c not in NUMBER_COLUMNS]
@@ -259,8 +280,9 @@ def _has_excel_date(column: str) -> pl.Expr:
 
 def _excel_text(column: str) -> pl.Expr:
     """A timestamp Excel has no date for, as the CSV writes it (text cell)."""
-    return (pl.when(~_has_excel_date(column))
-            .then(timestamp_text(column, CSV_FRACTION_DIGITS)).alias(f"{column} as text"))
+    return (
+        pl.when(~_has_excel_date(column)).then(timestamp_text(column, CSV_FRACTION_DIGITS)).alias(f"{column} as text")
+    )
 
 
 class XlsxWriter:
@@ -275,14 +297,23 @@ class XlsxWriter:
 
         self.path, self.columns, self.questions, self.rows = path, columns, questions, 0
         self.cut_cells = 0
-        self._book = xlsxwriter.Workbook(str(path), {
-            "constant_memory": True, "strings_to_formulas": False, "strings_to_numbers": False,
-            "strings_to_urls": False, "default_date_format": XLSX_DATE_FORMAT})
+        self._book = xlsxwriter.Workbook(
+            str(path),
+            {
+                "constant_memory": True,
+                "strings_to_formulas": False,
+                "strings_to_numbers": False,
+                "strings_to_urls": False,
+                "default_date_format": XLSX_DATE_FORMAT,
+            },
+        )
         self._book.set_properties({"created": datetime(2000, 1, 1)})  # reproducible bytes
         self._sheet = self._book.add_worksheet("results")
-        self._formats = {"money": self._book.add_format({"num_format": "0.0000"}),
-                         "seconds": self._book.add_format({"num_format": "0.000"}),
-                         "date": self._book.add_format({"num_format": XLSX_DATE_FORMAT})}
+        self._formats = {
+            "money": self._book.add_format({"num_format": "0.0000"}),
+            "seconds": self._book.add_format({"num_format": "0.000"}),
+            "date": self._book.add_format({"num_format": XLSX_DATE_FORMAT}),
+        }
         self._shown = dict.fromkeys(columns, 0)
         timestamps = timestamps_in(columns)
         self._sources = [_excel_source(c) for c in columns] + [_excel_text(c) for c in timestamps]

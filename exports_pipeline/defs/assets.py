@@ -1,6 +1,8 @@
 """The export multi_asset: one read of a campaign's snapshot materializes its files together."""
+
 import time
-from collections.abc import Iterator, Set as AbstractSet
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from typing import NoReturn
 
 import dagster as dg
@@ -25,9 +27,14 @@ from exports_pipeline.run_tags import missing_export_tags
 
 PARQUET_KEY = dg.AssetKey("campaign_results_parquet")
 STATS_KEY = dg.AssetKey("campaign_stats")
-FORMAT_KEYS = {"csv": CSV_KEY, "parquet": PARQUET_KEY, "jsonl": dg.AssetKey("campaign_results_jsonl"),
-               "xlsx": dg.AssetKey("campaign_results_xlsx"), "csv.gz": dg.AssetKey("campaign_results_csv_gz"),
-               "pdf": dg.AssetKey("campaign_summary_pdf")}
+FORMAT_KEYS = {
+    "csv": CSV_KEY,
+    "parquet": PARQUET_KEY,
+    "jsonl": dg.AssetKey("campaign_results_jsonl"),
+    "xlsx": dg.AssetKey("campaign_results_xlsx"),
+    "csv.gz": dg.AssetKey("campaign_results_csv_gz"),
+    "pdf": dg.AssetKey("campaign_summary_pdf"),
+}
 FORMAT_DESCRIPTIONS = {
     "csv": "The campaign's results as CSV for spreadsheets (one row per contact).",
     "parquet": "The campaign's results as Parquet with native types.",
@@ -66,15 +73,20 @@ def _preview_table(staged: StagedExport) -> dg.TableMetadataValue:
     """The first rows as the CSV shows them (guarded text, fixed-point money, timestamps as text)."""
     frame = staged.preview
     schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in frame.columns])
-    records = [dg.TableRecord({name: None if value is None else str(value) for name, value in row.items()})
-               for row in frame.iter_rows(named=True)]
+    records = [
+        dg.TableRecord({name: None if value is None else str(value) for name, value in row.items()})
+        for row in frame.iter_rows(named=True)
+    ]
     return dg.MetadataValue.table(records, schema)
 
 
 def _campaign_metadata(staged: StagedExport) -> dict:
     campaign = staged.campaign
-    return {"campaign_name": campaign.name, "campaign_status": campaign.status,
-            "campaign_owner": campaign.owner_email or ""}
+    return {
+        "campaign_name": campaign.name,
+        "campaign_status": campaign.status,
+        "campaign_owner": campaign.owner_email or "",
+    }
 
 
 def _stats_metadata(publication: Publication, target: Destination) -> dict:
@@ -114,12 +126,15 @@ def _file_metadata(publication: Publication, target: Destination, fmt: str) -> d
     }
 
 
-def _materializations(publication: Publication, target: Destination, destination: ExportDestination,
-                      selected: AbstractSet[dg.AssetKey]) -> dict:
+def _materializations(
+    publication: Publication, target: Destination, destination: ExportDestination, selected: AbstractSet[dg.AssetKey]
+) -> dict:
     """Metadata of each selected asset, built before publication, so that nothing can fail once latest.json
     has moved."""
-    metadata = {FORMAT_KEYS[fmt]: _file_metadata(publication, target, fmt)
-                | destination.link_metadata(target, publication, fmt) for fmt in publication.staged.options.formats}
+    metadata = {
+        FORMAT_KEYS[fmt]: _file_metadata(publication, target, fmt) | destination.link_metadata(target, publication, fmt)
+        for fmt in publication.staged.options.formats
+    }
     if STATS_KEY in selected:
         metadata[STATS_KEY] = _stats_metadata(publication, target)
     return metadata
@@ -130,18 +145,31 @@ def selected_formats(selected: AbstractSet[dg.AssetKey]) -> tuple[str, ...]:
     return tuple(fmt for fmt, key in FORMAT_KEYS.items() if key in selected)
 
 
-def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, options: ExportOptions,
-                     source: SourceDatabase, target: Destination, destination: ExportDestination,
-                     shared_read: CampaignRead | None, alone: bool) -> Iterator:
+def _export_campaign(
+    context: dg.AssetExecutionContext,
+    campaign_id: str,
+    options: ExportOptions,
+    source: SourceDatabase,
+    target: Destination,
+    destination: ExportDestination,
+    shared_read: CampaignRead | None,
+    alone: bool,
+) -> Iterator:
     """One campaign to a published snapshot, from the run's shared source snapshot (shared_read) or its own:
     its check evaluations, then (once published) a materialization of each selected asset for its partition.
     Log lines are events that Dagster stores one by one: a campaign of a run of many logs none of its own
     when it exports (its materializations and checks say it all), only when it fails or streams.
     alone: the run's only campaign."""
     progress = ProgressLog(context.log, campaign_id) if alone or shared_read is None else None
-    with stage_export(source.url, campaign_id, options, context.run.run_id,
-                      statement_timeout_ms=source.statement_timeout_ms, progress=progress,
-                      shared_read=shared_read) as staged:
+    with stage_export(
+        source.url,
+        campaign_id,
+        options,
+        context.run.run_id,
+        statement_timeout_ms=source.statement_timeout_ms,
+        progress=progress,
+        shared_read=shared_read,
+    ) as staged:
         if alone:
             _tag_run(context, options.formats, staged.campaign.name)
         # Check results come first: a failed blocking check is recorded, then publication refuses.
@@ -150,8 +178,10 @@ def _export_campaign(context: dg.AssetExecutionContext, campaign_id: str, option
         materializations = _materializations(publication, target, destination, context.selected_asset_keys)
         moved = publish(publication, target)
     if alone:
-        context.log.info(f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
-                         + ("" if moved else " (latest.json not moved)"))
+        context.log.info(
+            f"campaign {campaign_id}: {staged.rows} rows published as snapshot {publication.snapshot}"
+            + ("" if moved else " (latest.json not moved)")
+        )
     for key, metadata in materializations.items():
         yield dg.AssetMaterialization(asset_key=key, partition=campaign_id, metadata=metadata | {"latest_moved": moved})
 
@@ -176,8 +206,11 @@ def _lineage(context: dg.AssetExecutionContext) -> list[str]:
 def _published_by(context: dg.AssetExecutionContext, run_ids: list[str], campaign_ids: list[str]) -> set[str]:
     """The campaigns of these that one of these runs materialized (any selected asset stands for all)."""
     root = context.instance.get_run_record_by_id(run_ids[-1])
-    records_filter = dg.AssetRecordsFilter(asset_key=sorted(context.selected_asset_keys)[0], asset_partitions=campaign_ids,
-                                           after_timestamp=root.create_timestamp.timestamp() if root else None)
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=sorted(context.selected_asset_keys)[0],
+        asset_partitions=campaign_ids,
+        after_timestamp=root.create_timestamp.timestamp() if root else None,
+    )
     published, cursor = set(), None
     while True:
         page = context.instance.fetch_materializations(records_filter, limit=1000, cursor=cursor)
@@ -214,19 +247,34 @@ def _raise_for(context: dg.AssetExecutionContext, failures: dict[str, Exception]
     if transient is not None:
         wait = RETRY_DELAY_SECONDS * 2**context.retry_number
         raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait) from type(transient)(described)
-    raise dg.Failure(description=described, allow_retries=False,
-                     metadata={"failed_campaigns": dg.MetadataValue.json({c: str(e) for c, e in failures.items()})})
+    raise dg.Failure(
+        description=described,
+        allow_retries=False,
+        metadata={"failed_campaigns": dg.MetadataValue.json({c: str(e) for c, e in failures.items()})},
+    )
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(key, description=FORMAT_DESCRIPTIONS[fmt], partitions_def=campaigns_partitions, skippable=True,
-                     group_name="campaign_exports", kinds={fmt.split(".")[0]})
+        dg.AssetSpec(
+            key,
+            description=FORMAT_DESCRIPTIONS[fmt],
+            partitions_def=campaigns_partitions,
+            skippable=True,
+            group_name="campaign_exports",
+            kinds={fmt.split(".")[0]},
+        )
         for fmt, key in FORMAT_KEYS.items()
-    ] + [
-        dg.AssetSpec(STATS_KEY, description="Dashboard figures of the whole campaign (SPEC section 6).",
-                     partitions_def=campaigns_partitions, skippable=True, group_name="campaign_exports",
-                     kinds={"json"}),
+    ]
+    + [
+        dg.AssetSpec(
+            STATS_KEY,
+            description="Dashboard figures of the whole campaign (SPEC section 6).",
+            partitions_def=campaigns_partitions,
+            skippable=True,
+            group_name="campaign_exports",
+            kinds={"json"},
+        ),
     ],
     check_specs=check_specs,
     partitions_def=campaigns_partitions,
@@ -236,8 +284,9 @@ def _raise_for(context: dg.AssetExecutionContext, failures: dict[str, Exception]
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CAMPAIGNS_PER_RUN),
     pool=SOURCE_POOL,
 )
-def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase,
-                    destination: ExportDestination):
+def campaign_export(
+    context: dg.AssetExecutionContext, config: ExportRunConfig, source: SourceDatabase, destination: ExportDestination
+):
     """Export each campaign partition of the run, one after the other, each to its own immutable snapshot:
     small campaigns from a source snapshot shared a chunk at a time (core/reading.py), large ones each from its
     own. A campaign that fails fails alone: the others publish, then the step fails naming each failed campaign."""
@@ -247,18 +296,18 @@ def campaign_export(context: dg.AssetExecutionContext, config: ExportRunConfig, 
         options = config.to_options(formats)
         target = destination.open()
     except ExportError as exc:
-        _raise_for(context, {cid: exc for cid in context.partition_keys})
+        _raise_for(context, dict.fromkeys(context.partition_keys, exc))
     failures: dict[str, Exception] = {}
     # Each reading of context.partition_keys lists every dynamic partition from the instance: never per campaign.
     alone = len(context.partition_keys) == 1
     campaign_ids = _campaigns_to_export(context, target)
-    for campaign_id, shared_read in campaigns_in_read_order(source.url, campaign_ids, options,
-                                                            source.statement_timeout_ms):
+    for campaign_id, shared_read in campaigns_in_read_order(
+        source.url, campaign_ids, options, source.statement_timeout_ms
+    ):
         try:
             if isinstance(shared_read, ExportError):
                 raise shared_read  # the shared read stopped on an error a retry can mend
-            yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read,
-                                        alone)
+            yield from _export_campaign(context, campaign_id, options, source, target, destination, shared_read, alone)
         except ExportError as exc:
             failures[campaign_id] = exc
         except Exception as exc:  # a bug met by one campaign fails it alone, with its traceback in the log

@@ -1,5 +1,6 @@
 """Publication checks (SPEC section 6), computed during the export: the blocking ones before anything is
 published, the reported ones (warnings) on every materialization with their numbers."""
+
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
@@ -27,14 +28,16 @@ REPORTED_CHECKS = {
     E164_CHECK: "Share of exported phone numbers that are not valid E.164.",
 }
 
-check_specs = [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking=True)
-               for name, text in BLOCKING_CHECKS.items()] + [
-    dg.AssetCheckSpec(name, asset=CSV_KEY, description=text) for name, text in REPORTED_CHECKS.items()]
+check_specs = [
+    dg.AssetCheckSpec(name, asset=CSV_KEY, description=text, blocking=True) for name, text in BLOCKING_CHECKS.items()
+] + [dg.AssetCheckSpec(name, asset=CSV_KEY, description=text) for name, text in REPORTED_CHECKS.items()]
 
 
 ANOMALY_LABELS = {  # kind: (one, several)
-    "attempts_other_campaign": ("call attempt of another campaign's contact",
-                                "call attempts of another campaign's contacts"),
+    "attempts_other_campaign": (
+        "call attempt of another campaign's contact",
+        "call attempts of another campaign's contacts",
+    ),
     "answers_other_campaign": ("answer of another campaign's contact", "answers of another campaign's contacts"),
     "answers_out_of_range": ("answer to no question", "answers to no question"),
     "transcript_not_object": ("transcript not a JSON object", "transcripts not a JSON object"),
@@ -74,11 +77,20 @@ def explain(outcome: CheckOutcome) -> str | None:
     return f"{what} (reported, not blocking)"
 
 
-def check_evaluations(outcomes: list[CheckOutcome], campaign_id: str,
-                      selected: AbstractSet[dg.AssetCheckKey]) -> list[dg.AssetCheckEvaluation]:
+def check_evaluations(
+    outcomes: list[CheckOutcome], campaign_id: str, selected: AbstractSet[dg.AssetCheckKey]
+) -> list[dg.AssetCheckEvaluation]:
     """The selected checks' results for the campaign's partition (a run may export many campaigns)."""
-    return [dg.AssetCheckEvaluation(asset_key=CSV_KEY, check_name=o.name, passed=o.passed, partition=campaign_id,
-                                    severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
-                                    metadata={k: dg.MetadataValue.text(str(v)) for k, v in o.metadata.items()},
-                                    description=explain(o))
-            for o in outcomes if dg.AssetCheckKey(CSV_KEY, o.name) in selected]
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=CSV_KEY,
+            check_name=o.name,
+            passed=o.passed,
+            partition=campaign_id,
+            severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
+            metadata={k: dg.MetadataValue.text(str(v)) for k, v in o.metadata.items()},
+            description=explain(o),
+        )
+        for o in outcomes
+        if dg.AssetCheckKey(CSV_KEY, o.name) in selected
+    ]

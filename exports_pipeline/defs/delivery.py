@@ -9,6 +9,7 @@ cursor moves past that run. Both sensors are on by default and send nothing whil
 EXPORTS_SMTP_HOST is unset. They return None rather than a SkipReason for runs they pass over:
 a run status sensor stops its tick at the first run whose function returns something.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ def _published(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict[dg.A
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
         materialization = entry.asset_materialization
         found.setdefault(materialization.partition, {})[materialization.asset_key] = {
-            k: v.value for k, v in materialization.metadata.items()}
+            k: v.value for k, v in materialization.metadata.items()
+        }
     return found
 
 
@@ -50,7 +52,7 @@ def run_campaigns(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]
         return []
     keys = instance.get_dynamic_partitions(campaigns_partitions.name)
     start, end = (run.tags[tag] for tag in RANGE_TAGS)
-    return keys[keys.index(start):keys.index(end) + 1] if start in keys and end in keys else []
+    return keys[keys.index(start) : keys.index(end) + 1] if start in keys and end in keys else []
 
 
 def _figures(campaign_id: str, files: dict, found: dict[dg.AssetKey, dict], target: Destination) -> ExportFigures:
@@ -61,27 +63,47 @@ def _figures(campaign_id: str, files: dict, found: dict[dg.AssetKey, dict], targ
     else:
         data, _ = target.read_versioned(f"{snapshot_folder(campaign_id, files['snapshot'])}/{STATS_FILE}")
         stats = json.loads(data)
-    return ExportFigures(campaign_id=campaign_id, snapshot=files["snapshot"], rows=files["rows"],
-                         completion_rate=stats["completion_rate"], total_cost_usd=stats["total_cost_usd"],
-                         latest_moved=files["latest_moved"])
+    return ExportFigures(
+        campaign_id=campaign_id,
+        snapshot=files["snapshot"],
+        rows=files["rows"],
+        completion_rate=stats["completion_rate"],
+        total_cost_usd=stats["total_cost_usd"],
+        latest_moved=files["latest_moved"],
+    )
 
 
-def _mail_ready(context, mail: MailDelivery, smtp: SmtpSettings, source: SourceDatabase, target: Destination,
-                campaign_id: str, found: dict[dg.AssetKey, dict]) -> None:
+def _mail_ready(
+    context,
+    mail: MailDelivery,
+    smtp: SmtpSettings,
+    source: SourceDatabase,
+    target: Destination,
+    campaign_id: str,
+    found: dict[dg.AssetKey, dict],
+) -> None:
     """One campaign's export-ready mail to its owner and EXPORTS_MAIL_TO."""
     fmt, files = next((fmt, found[FORMAT_KEYS[fmt]]) for fmt in MAIL_FORMATS if FORMAT_KEYS[fmt] in found)
     with open_source(source.url, source.catalog_statement_timeout_ms) as reader:
         info = reader.campaign(campaign_id)
-    recipients = list(dict.fromkeys(([info.owner_email] if info and info.owner_email else [])
-                                    + mail.recipient_list()))
+    recipients = list(dict.fromkeys(([info.owner_email] if info and info.owner_email else []) + mail.recipient_list()))
     if not recipients:
         context.log.info(f"campaign {campaign_id}: no owner_email and EXPORTS_MAIL_TO is empty, no mail")
         return
     expiry = mail.link_seconds()
     record = {"name": files["location"].rsplit("/", 1)[-1], "format": fmt}
     link = file_link(target, campaign_id, files["snapshot"], record, expiry)  # a file path when local
-    send(smtp, export_ready_message(smtp.sender, recipients, _figures(campaign_id, files, found, target), link,
-                                    expiry if isinstance(target, S3Destination) else None, fmt))
+    send(
+        smtp,
+        export_ready_message(
+            smtp.sender,
+            recipients,
+            _figures(campaign_id, files, found, target),
+            link,
+            expiry if isinstance(target, S3Destination) else None,
+            fmt,
+        ),
+    )
     context.log.info(f"campaign {campaign_id}: snapshot {files['snapshot']} mailed to {len(recipients)} recipient(s)")
 
 
@@ -99,13 +121,17 @@ def _mail_every_ready(context, mail: MailDelivery, source: SourceDatabase, desti
 def _failure_cause(context: dg.RunFailureSensorContext) -> str:
     """The steps' errors (the dg.Failure description names each failed campaign and its cause), else the
     run's message."""
-    causes = [e.event_specific_data.error.message.strip() for e in context.get_step_failure_events()
-              if e.event_specific_data and e.event_specific_data.error]
+    causes = [
+        e.event_specific_data.error.message.strip()
+        for e in context.get_step_failure_events()
+        if e.event_specific_data and e.event_specific_data.error
+    ]
     return "\n\n".join(causes) or context.failure_event.message or "unknown (see the run's logs)"
 
 
-def _mail_failed(context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase,
-                 destination: ExportDestination) -> None:
+def _mail_failed(
+    context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase, destination: ExportDestination
+) -> None:
     """The export-ready mails of the run's published campaigns, then the operators' mail of the others."""
     smtp, operators, run = mail.smtp(), mail.operator_list(), context.dagster_run
     _mail_every_ready(context, mail, source, destination)
@@ -125,10 +151,11 @@ def mail_sensors(interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) -> lis
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Mails each exported campaign's owner and EXPORTS_MAIL_TO a download link and the headline "
-                    "figures after each successful export run (off while EXPORTS_SMTP_HOST is unset).",
+        "figures after each successful export run (off while EXPORTS_SMTP_HOST is unset).",
     )
-    def export_ready_mail_sensor(context: dg.RunStatusSensorContext, mail: MailDelivery, source: SourceDatabase,
-                                 destination: ExportDestination):
+    def export_ready_mail_sensor(
+        context: dg.RunStatusSensorContext, mail: MailDelivery, source: SourceDatabase, destination: ExportDestination
+    ):
         _mail_every_ready(context, mail, source, destination)
 
     @dg.run_failure_sensor(
@@ -136,11 +163,12 @@ def mail_sensors(interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) -> lis
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Mails EXPORTS_MAIL_OPERATORS the failed campaigns and the cause when an export run fails, and "
-                    "the owners of the run's other campaigns their export-ready mail (off while EXPORTS_SMTP_HOST "
-                    "is unset).",
+        "the owners of the run's other campaigns their export-ready mail (off while EXPORTS_SMTP_HOST "
+        "is unset).",
     )
-    def export_failed_mail_sensor(context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase,
-                                  destination: ExportDestination):
+    def export_failed_mail_sensor(
+        context: dg.RunFailureSensorContext, mail: MailDelivery, source: SourceDatabase, destination: ExportDestination
+    ):
         _mail_failed(context, mail, source, destination)
 
     return [export_ready_mail_sensor, export_failed_mail_sensor]

@@ -5,7 +5,8 @@ and Dagster OSS never deletes them. Deleting a run deletes its events, materiali
 the run holding the latest materialization of a campaign partition is kept whatever its age: the
 partition would otherwise show as never exported. The snapshots themselves are not touched.
 """
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from pydantic import Field
@@ -23,16 +24,19 @@ class RunHistoryConfig(dg.Config):
 def _holds_latest_export(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     partition = run.tags.get("dagster/partition")
     return bool(partition) and any(
-        (records := instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records)
+        (
+            records := instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+            ).records
+        )
         and records[0].run_id == run.run_id
-        for key in campaign_export.keys)
+        for key in campaign_export.keys
+    )
 
 
 @dg.op(description="Delete finished runs older than keep_days, except each campaign's latest export run.")
 def purge_run_history(context: dg.OpExecutionContext, config: RunHistoryConfig) -> dg.Output[int]:
-    filters = dg.RunsFilter(statuses=FINISHED,
-                            created_before=datetime.now(timezone.utc) - timedelta(days=config.keep_days))
+    filters = dg.RunsFilter(statuses=FINISHED, created_before=datetime.now(UTC) - timedelta(days=config.keep_days))
     deleted = kept = 0
     cursor = None  # the last kept run: a deleted run cannot serve as a cursor
     while page := context.instance.get_run_records(filters=filters, limit=PAGE, cursor=cursor, ascending=True):
@@ -54,6 +58,10 @@ def run_history_retention():
 
 
 run_history_retention_schedule = dg.ScheduleDefinition(
-    name="run_history_retention_daily", job=run_history_retention, cron_schedule="0 4 * * *",
-    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily deletion of finished runs older than 90 days (each campaign's latest export run is kept).")
+    name="run_history_retention_daily",
+    job=run_history_retention,
+    cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily deletion of finished runs older than 90 days (each campaign's latest export run is kept).",
+)

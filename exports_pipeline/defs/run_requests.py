@@ -6,6 +6,7 @@ schedule and the completion sensor, like Dagster's own asset backfills, group th
 export into stretches without gaps, at most CAMPAIGNS_PER_RUN each. A campaign between two others that
 needs no export splits them into two runs, which keeps every partition's status in the UI exact.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -31,17 +32,27 @@ def stretches(campaign_ids: Sequence[str], order: Sequence[str], size: int = CAM
     return runs
 
 
-def export_run_requests(campaign_ids: Sequence[str], order: Sequence[str], trigger: str, run_key: str,
-                        names: Mapping[str, str] = {}) -> list[dg.RunRequest]:
+def export_run_requests(
+    campaign_ids: Sequence[str], order: Sequence[str], trigger: str, run_key: str, names: Mapping[str, str] = {}
+) -> list[dg.RunRequest]:
     """One request per stretch: a single campaign with its campaign_id and name tags, several as a range.
     run_key is added to each run's first and last campaign ids, so that a request is never launched twice."""
     requests = []
     for run in stretches(campaign_ids, order):
         first, last = run[0], run[-1]
         if len(run) == 1:
-            requests.append(dg.RunRequest(run_key=f"{first}:{run_key}", partition_key=first,
-                                          tags=export_run_tags(first, trigger, name=names.get(first))))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{first}:{run_key}",
+                    partition_key=first,
+                    tags=export_run_tags(first, trigger, name=names.get(first)),
+                )
+            )
         else:
-            requests.append(dg.RunRequest(run_key=f"{first}..{last}:{run_key}",
-                                          tags={RANGE_START: first, RANGE_END: last, **run_tags(trigger)}))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{first}..{last}:{run_key}",
+                    tags={RANGE_START: first, RANGE_END: last, **run_tags(trigger)},
+                )
+            )
     return requests

@@ -5,10 +5,11 @@ page of campaigns per statement) differs from the one in the manifest latest.jso
 (publish.read_manifest), or there is no such manifest yet. Running campaigns are included;
 unchanged campaigns get no run.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -27,7 +28,7 @@ MANIFEST_READERS = 16  # latest.json and manifest reads in flight (S3 round trip
 # Runs of up to 100 campaigns make a night of tens of thousands affordable; past this, the least recently
 # active wait for the next night, so that one tick never requests an unbounded number of runs.
 MAX_CAMPAIGNS_PER_NIGHT = 100_000
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _last_activity(fingerprint: dict) -> datetime:
@@ -40,10 +41,13 @@ def changed_campaigns(catalog: Catalog, destination: Destination, campaign_ids: 
     changed = []
     with ThreadPoolExecutor(MANIFEST_READERS) as pool:
         for start in range(0, len(campaign_ids), FINGERPRINT_PAGE):
-            fingerprints = catalog.fingerprints(campaign_ids[start:start + FINGERPRINT_PAGE])
+            fingerprints = catalog.fingerprints(campaign_ids[start : start + FINGERPRINT_PAGE])
             manifests = pool.map(lambda cid: read_manifest(destination, cid), fingerprints)
-            changed += [(_last_activity(fp), cid) for (cid, fp), manifest in zip(fingerprints.items(), manifests)
-                        if manifest is None or manifest.get("source_fingerprint") != fp]
+            changed += [
+                (_last_activity(fp), cid)
+                for (cid, fp), manifest in zip(fingerprints.items(), manifests, strict=True)
+                if manifest is None or manifest.get("source_fingerprint") != fp
+            ]
     return [cid for _, cid in sorted(changed, reverse=True)]
 
 
@@ -54,8 +58,9 @@ def changed_campaigns(catalog: Catalog, destination: Destination, campaign_ids: 
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every night, exports the campaigns whose source fingerprint differs from their latest export's.",
 )
-def nightly_changed_campaigns(context: dg.ScheduleEvaluationContext, source: SourceDatabase,
-                              destination: ExportDestination):
+def nightly_changed_campaigns(
+    context: dg.ScheduleEvaluationContext, source: SourceDatabase, destination: ExportDestination
+):
     """Considers the registered partitions (the sensor registers new campaigns within a tick). At most
     MAX_CAMPAIGNS_PER_NIGHT campaigns, most recently active first (running campaigns go before a backlog
     of never-exported old ones, which the following nights work through), in runs of consecutive
@@ -69,7 +74,9 @@ def nightly_changed_campaigns(context: dg.ScheduleEvaluationContext, source: Sou
     if not changed:
         return dg.SkipReason(f"none of {len(order)} campaigns changed since its last export")
     if len(changed) > MAX_CAMPAIGNS_PER_NIGHT:
-        context.log.warning(f"{len(changed)} campaigns changed; exporting the {MAX_CAMPAIGNS_PER_NIGHT} most "
-                            "recently active tonight, the others on the next nights")
+        context.log.warning(
+            f"{len(changed)} campaigns changed; exporting the {MAX_CAMPAIGNS_PER_NIGHT} most "
+            "recently active tonight, the others on the next nights"
+        )
     night = context.scheduled_execution_time.strftime("%Y-%m-%d")
     return export_run_requests(tonight, order, "schedule", f"nightly:{night}", names)

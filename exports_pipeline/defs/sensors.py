@@ -6,11 +6,12 @@ Dagster's sensor time limit (60 s by default) with tens of thousands of campaign
 re-reads a look-back window behind the watermark: PostgreSQL's now() is the start of a transaction,
 so a row can commit minutes after rows with later timestamps that a previous tick already passed.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import takewhile
 
 import dagster as dg
@@ -33,7 +34,7 @@ ADDS_PER_TICK = 500
 REMOVALS_PER_TICK = 500
 SCAN_PER_TICK = 2_000  # campaign ids read by primary key per tick and compared with the registered partitions
 RUNS_PER_TICK = 200  # completions read past the completion watermark per tick
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def sensor_interval_from_env(environ: Mapping[str, str]) -> int:
@@ -55,8 +56,12 @@ def _decode(value: list[str]) -> Position:
     return datetime.fromisoformat(value[0]), value[1]
 
 
-def _walk(fetch: Callable[[Position, int], list[CampaignRow]], key: Callable[[CampaignRow], Position],
-          start: Position, max_rows: int) -> Iterator[CampaignRow]:
+def _walk(
+    fetch: Callable[[Position, int], list[CampaignRow]],
+    key: Callable[[CampaignRow], Position],
+    start: Position,
+    max_rows: int,
+) -> Iterator[CampaignRow]:
     """Rows after start in keyset order, fetched a page at a time, at most max_rows of them."""
     position, remaining = start, max_rows
     while remaining > 0:
@@ -69,8 +74,9 @@ def _walk(fetch: Callable[[Position, int], list[CampaignRow]], key: Callable[[Ca
         position = key(page[-1])
 
 
-def _read_window_then_forward(fetch, key, watermark: Position, floor: datetime,
-                              forward_rows: int) -> tuple[list[CampaignRow], Position]:
+def _read_window_then_forward(
+    fetch, key, watermark: Position, floor: datetime, forward_rows: int
+) -> tuple[list[CampaignRow], Position]:
     """The rows of the look-back window (not before floor), then up to forward_rows rows past the
     watermark; returns them with the new watermark (the last row read, never behind the old one)."""
     window_start = (max(watermark[0] - LOOKBACK, floor), NIL_ID)
@@ -87,15 +93,16 @@ def _reconcile(catalog, registered: set[str], room: int, scan_after: str | None)
     at_end = len(ids) < SCAN_PER_TICK
     missing = [cid for cid in ids if cid not in registered]
     if len(missing) > room:  # the range ends before the first campaign that does not fit
-        ids, missing, at_end = ids[:ids.index(missing[room])], missing[:room], False
+        ids, missing, at_end = ids[: ids.index(missing[room])], missing[:room], False
     if not ids and not at_end:
         return [], [], scan_after
     if scan_after is None and not ids:  # an empty campaigns table more likely means a wrong EXPORTS_SOURCE_URL
         return [], [], None
     upper = None if at_end else ids[-1]
     present = set(ids)
-    removed = sorted(k for k in registered - present
-                     if (scan_after is None or k > scan_after) and (upper is None or k <= upper))
+    removed = sorted(
+        k for k in registered - present if (scan_after is None or k > scan_after) and (upper is None or k <= upper)
+    )
     if len(removed) > REMOVALS_PER_TICK:
         removed, upper, at_end = removed[:REMOVALS_PER_TICK], removed[REMOVALS_PER_TICK - 1], False
     return missing, removed, None if at_end else upper
@@ -113,19 +120,24 @@ def _register_partitions(context: dg.SensorEvaluationContext, source: SourceData
     registered = set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
     with source.catalog() as catalog:
         watermark = _decode(cursor["created"]) if cursor.get("created") else (EPOCH, NIL_ID)
-        rows, watermark = _read_window_then_forward(catalog.created_after, lambda r: r.created_position,
-                                                    watermark, EPOCH, ADDS_PER_TICK)
+        rows, watermark = _read_window_then_forward(
+            catalog.created_after, lambda r: r.created_position, watermark, EPOCH, ADDS_PER_TICK
+        )
         added = [cid for cid in dict.fromkeys(r.id for r in rows) if cid not in registered][:ADDS_PER_TICK]
-        missing, removed, scan = _reconcile(catalog, registered | set(added), ADDS_PER_TICK - len(added),
-                                            cursor.get("scan"))
+        missing, removed, scan = _reconcile(
+            catalog, registered | set(added), ADDS_PER_TICK - len(added), cursor.get("scan")
+        )
     added += missing
-    requests = ([campaigns_partitions.build_add_request(added)] if added else []) + \
-               ([campaigns_partitions.build_delete_request(removed)] if removed else [])
+    requests = ([campaigns_partitions.build_add_request(added)] if added else []) + (
+        [campaigns_partitions.build_delete_request(removed)] if removed else []
+    )
     new_cursor = json.dumps({"created": _encode(watermark), "scan": scan})
     if not requests:
         return dg.SensorResult(skip_reason="partitions match the source campaigns", cursor=new_cursor)
-    context.log.info(f"adding {len(added)} campaign partitions, removing {len(removed)} (campaigns deleted "
-                     f"from the source): {removed[:20]}")
+    context.log.info(
+        f"adding {len(added)} campaign partitions, removing {len(removed)} (campaigns deleted "
+        f"from the source): {removed[:20]}"
+    )
     return dg.SensorResult(dynamic_partitions_requests=requests, cursor=new_cursor)
 
 
@@ -144,17 +156,29 @@ def _export_completions(context: dg.SensorEvaluationContext, source: SourceDatab
     with source.catalog() as catalog:
         if not context.cursor:
             now = catalog.now()
-            return dg.SensorResult(skip_reason="first tick: completions from now on are exported",
-                                   cursor=json.dumps({"since": now.isoformat(), "after": _encode((now, NIL_ID))}))
+            return dg.SensorResult(
+                skip_reason="first tick: completions from now on are exported",
+                cursor=json.dumps({"since": now.isoformat(), "after": _encode((now, NIL_ID))}),
+            )
         cursor = json.loads(context.cursor)
-        rows, watermark = _read_window_then_forward(catalog.completed_after, lambda r: r.updated_position,
-                                                    _decode(cursor["after"]), datetime.fromisoformat(cursor["since"]),
-                                                    RUNS_PER_TICK)
-    seen = {key: at for key, at in cursor.get("seen", {}).items()
-            if datetime.fromisoformat(at) >= watermark[0] - LOOKBACK}
+        rows, watermark = _read_window_then_forward(
+            catalog.completed_after,
+            lambda r: r.updated_position,
+            _decode(cursor["after"]),
+            datetime.fromisoformat(cursor["since"]),
+            RUNS_PER_TICK,
+        )
+    seen = {
+        key: at for key, at in cursor.get("seen", {}).items() if datetime.fromisoformat(at) >= watermark[0] - LOOKBACK
+    }
     completions = {_completion(r): r for r in rows if _completion(r) not in seen}
-    new_cursor = json.dumps({"since": cursor["since"], "after": _encode(watermark),
-                             "seen": seen | {key: r.updated_at.isoformat() for key, r in completions.items()}})
+    new_cursor = json.dumps(
+        {
+            "since": cursor["since"],
+            "after": _encode(watermark),
+            "seen": seen | {key: r.updated_at.isoformat() for key, r in completions.items()},
+        }
+    )
     if not completions:
         return dg.SensorResult(skip_reason="no campaign completed", cursor=new_cursor)
     # A campaign created and completed between two ticks of the partition sensor is registered here, last.
@@ -162,10 +186,16 @@ def _export_completions(context: dg.SensorEvaluationContext, source: SourceDatab
     unregistered = sorted({r.id for r in completions.values()} - set(order))
     newest = max(r.updated_at for r in completions.values()).isoformat()
     return dg.SensorResult(
-        run_requests=export_run_requests([r.id for r in completions.values()], [*order, *unregistered], "sensor",
-                                         f"completed:{newest}", {r.id: r.name for r in completions.values()}),
+        run_requests=export_run_requests(
+            [r.id for r in completions.values()],
+            [*order, *unregistered],
+            "sensor",
+            f"completed:{newest}",
+            {r.id: r.name for r in completions.values()},
+        ),
         dynamic_partitions_requests=[campaigns_partitions.build_add_request(unregistered)] if unregistered else [],
-        cursor=new_cursor)
+        cursor=new_cursor,
+    )
 
 
 def _completion(row: CampaignRow) -> str:
@@ -179,7 +209,7 @@ def campaign_sensors(interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS) ->
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a 'campaigns' partition for every campaign of the source and removes the partitions "
-                    "of campaigns deleted from it.",
+        "of campaigns deleted from it.",
     )
     def campaign_partitions_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase) -> dg.SensorResult:
         return _register_partitions(context, source)

@@ -6,6 +6,7 @@ against a `psql \\copy` per campaign, in the same run.
     make load LOAD_ARGS="--campaigns 30"           # a quick look
     python bench/load.py --campaigns 1000 --keep   # keep databases and folders to look around in the UI
     make load LOAD_ARGS="--code HEAD"              # measure a commit, whatever the tree holds meanwhile
+    make load LOAD_ARGS="--storage-pooler pgbouncer"   # Dagster's storage through PgBouncer (session mode)
 
 What it does, end to end, with real processes only (not part of the test suite or CI):
 
@@ -20,8 +21,9 @@ What it does, end to end, with real processes only (not part of the test suite o
      QueuedRunCoordinator, the default run launcher, the pool source_database with run granularity, run
      monitoring and retries; --max-concurrent-runs / --pool-limit replace its limits when given),
      registers the N partitions, starts `dagster-daemon run` and `dagster-webserver` (each with its code
-     server, from workspace.yaml) and stops the nightly schedule (so that 02:00 UTC cannot fire it; the
-     sensors keep running, as in production);
+     server, from workspace.yaml; with --storage-pooler pgbouncer, their instance storage goes through a
+     private PgBouncer in session mode, the source database stays direct) and stops the nightly schedule
+     (so that 02:00 UTC cannot fire it; the sensors keep running, as in production);
   4. (c) launches ONE asset backfill of all N partitions of the default export assets (campaign_results_csv,
      campaign_results_parquet, campaign_stats) through GraphQL, the call the UI's "Materialize" dialog
      makes (launchPartitionBackfill with an asset selection), and times it until the backfill completes;
@@ -93,6 +95,9 @@ SESSIONS_PER_EXPORT_RUN, INSTIGATOR_SESSIONS = 4, 5
 # docs/operations.md: deployments set it for the daemon, the webserver, the code servers and the run workers.
 EVENT_BATCH_SIZE = "200"
 TARGET_RSS_MIB = 2048
+# --storage-pooler pgbouncer: session mode, as docs/operations.md recommends; room for every Dagster process's
+# connections at once (the clients beyond the pool size wait for a server connection, they are not refused).
+PGBOUNCER = {"pool_mode": "session", "default_pool_size": 20, "max_client_conn": 500}
 PROGRESS_EVERY_S = 30.0
 STARTUP_TIMEOUT_S = 300.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -210,6 +215,34 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_pgbouncer(server_url: str, folder: Path, logs: Path) -> tuple[Service, int]:
+    """A private PgBouncer on a free loopback port in front of the PostgreSQL server, for Dagster's instance
+    storage only: dagster-postgres opens new connections for each stored event (NullPool in the daemon and
+    the run workers), which the pooler serves from the server connections it keeps open. Trust on loopback;
+    the auth file holds the login's password for the server side."""
+    server, port = urlsplit(server_url), free_port()
+    folder.mkdir()
+    user, password = server.username or "postgres", server.password or ""
+    (folder / "userlist.txt").write_text(f'"{user}" "{password}"\n')
+    settings = "\n".join(f"{key} = {value}" for key, value in PGBOUNCER.items())
+    (folder / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n\n[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
+        f"auth_file = {folder / 'userlist.txt'}\n{settings}\nlog_connections = 0\nlog_disconnections = 0\n"
+    )
+    binary = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin") or "pgbouncer"
+    as_user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
+    pooler = Service("pgbouncer", [binary, *as_user, folder / "pgbouncer.ini"], dict(os.environ), folder, logs)
+    wait_for(
+        "pgbouncer",
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
+        30,
+        [pooler],
+        interval=0.2,
+    )
+    return pooler, port
 
 
 def wait_for(what: str, predicate, timeout: float, services: list[Service], interval: float = 1.0):
@@ -887,16 +920,18 @@ class Load:
 
 def cpu_split(phase: dict, export_cpu_per_campaign: float) -> dict:
     """CPU seconds per campaign of a phase: the export (the core loop's figure), Dagster inside the run
-    workers (their CPU less the export's: process start, imports, events, storage calls) and Dagster outside
-    them (daemon, webserver, code servers)."""
+    workers (their CPU less the export's: process start, imports, events, storage calls), Dagster outside
+    them (daemon, webserver, code servers) and the storage pooler (pgbouncer, 0 without)."""
     campaigns = phase["campaigns"]
     workers = sum(v for k, v in phase["cpu_s"].items() if k.endswith("/run worker"))
-    outside = sum(v for k, v in phase["cpu_s"].items() if not k.endswith("/run worker"))
+    pooler = sum(v for k, v in phase["cpu_s"].items() if k.startswith("pgbouncer/"))
+    outside = sum(v for k, v in phase["cpu_s"].items() if not k.endswith("/run worker")) - pooler
     return {
         "run_workers": round(workers / campaigns, 4),
         "export": round(export_cpu_per_campaign, 4),
         "dagster_in_run_workers": round(workers / campaigns - export_cpu_per_campaign, 4),
         "dagster_outside_run_workers": round(outside / campaigns, 4),
+        "storage_pooler": round(pooler / campaigns, 4),
         "dagster_events_per_campaign": round(sum(phase["events"].values()) / campaigns, 1),
         **{
             f"postgres_{role}_{k}": round(v / campaigns, 4)
@@ -937,12 +972,19 @@ def summarize(report: dict) -> dict:
     return summary
 
 
+def pooler_label(pooler: dict | None) -> str:
+    if not pooler:
+        return "direct (no pooler)"
+    return f"through {pooler['name']} ({pooler['pool_mode']} mode, pool size {pooler['default_pool_size']})"
+
+
 def print_summary(report: dict, summary: dict) -> None:
     print("\n" + "=" * 100)
     print(
         f"{len(report['campaign_ids']):,} campaigns, {report['contacts']:,} contacts (size mix {SIZE_MIX}); "
         f"max_concurrent_runs {report['settings']['max_concurrent_runs']}, pool {report['settings']['pool']} "
-        f"limit {summary['pool_limit']}; {os.cpu_count()} CPUs; code {report['git']}"
+        f"limit {summary['pool_limit']}; Dagster's storage {pooler_label(report['settings']['storage_pooler'])}; "
+        f"{os.cpu_count()} CPUs; code {report['git']}"
     )
     print(
         f"  (a) psql \\copy per campaign: {summary['a_s']:.1f} s ("
@@ -966,6 +1008,7 @@ def print_summary(report: dict, summary: dict) -> None:
             f"{cpu['export'] * 1000:.0f} ms + Dagster in the run {cpu['dagster_in_run_workers'] * 1000:.0f} ms "
             f"({cpu['dagster_events_per_campaign']:.0f} events per campaign); Dagster outside the runs "
             f"{cpu['dagster_outside_run_workers'] * 1000:.0f} ms"
+            + (f"; pgbouncer {cpu['storage_pooler'] * 1000:.0f} ms" if report["settings"]["storage_pooler"] else "")
         )
         time_of = summary[name]["run_worker_time"]
         print(
@@ -1028,6 +1071,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="concurrency.pools.default_limit, the source_database pool (default: dagster.yaml's)",
     )
     parser.add_argument(
+        "--storage-pooler",
+        choices=("none", "pgbouncer"),
+        default="none",
+        help="pgbouncer: Dagster's instance storage through a private PgBouncer in session mode "
+        "(/usr/sbin/pgbouncer), the source database direct",
+    )
+    parser.add_argument(
         "--core-sample",
         type=int,
         default=1000,
@@ -1074,7 +1124,7 @@ def raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def settings(config: dict) -> dict:
+def settings(config: dict, storage_pooler: str) -> dict:
     from exports_pipeline.defs.assets import SOURCE_POOL
 
     return {
@@ -1085,6 +1135,7 @@ def settings(config: dict) -> dict:
         "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE),
         "run_coordinator": config["run_coordinator"],
         "run_launcher": config.get("run_launcher", "default"),
+        "storage_pooler": {"name": storage_pooler, **PGBOUNCER} if storage_pooler == "pgbouncer" else None,
     }
 
 
@@ -1102,6 +1153,10 @@ def run_dagster_phases(
     env = deployment_env(
         args.server_url, urlsplit(storage_url).path.lstrip("/"), source_url, work / "dagster_home", work / "exports"
     )
+    if args.storage_pooler == "pgbouncer":  # the instance storage only: the source's sessions stay measured as such
+        pooler, port = start_pgbouncer(args.server_url, work / "pgbouncer", work / "logs")
+        services.append(pooler)
+        env.update(DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT=str(port))
     register_partitions(env, campaign_ids)
     started, graphql = start_services(env, work / "dagster_home", work / "logs")
     services += started
@@ -1120,7 +1175,7 @@ def run_dagster_phases(
     finally:
         sampler.stop()
         report["sampler_error"] = sampler.error
-    for service in services:  # before the core loop, which then has the machine to itself
+    for service in reversed(services):  # before the core loop, which then has the machine to itself; pooler last
         service.stop()
 
 
@@ -1234,7 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "status": "interrupted",
         "git": os.environ.get("LOAD_CODE_REVISION") or git_revision(),
-        "settings": settings(config),
+        "settings": settings(config, args.storage_pooler),
     }
     services: list[Service] = []
     try:
@@ -1246,7 +1301,7 @@ def main(argv: list[str] | None = None) -> int:
         report["status"] = f"failed: {type(exc).__name__}: {redact_text(str(exc), args.server_url)[:2000]}"
         raise
     finally:
-        for service in services:
+        for service in reversed(services):
             service.stop()
         if args.keep:
             print(

@@ -3,6 +3,7 @@ production deployment (dagster-daemon on the top-level dagster.yaml) for the dae
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -189,13 +190,20 @@ def running_deployment(
             yield Deployment(home, {**os.environ, **env}, instance, source_url, home / "exports", seeded, log)
     finally:
         if daemon is not None:  # the daemon, its code server and run workers share its process group
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+            stop_process_group(daemon)
         drop_databases([storage_db, source_db])
+
+
+def stop_process_group(leader: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the group, then SIGKILL to whatever is left of it once the leader has ended or the timeout
+    passed: a code server that outlives its daemon waits for runs that a test killed, and would run forever."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        leader.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
 
 
 # Test layers (README, "Tests"): unit = plain functions, no server and no Dagster run; dagster =

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from playwright.sync_api import expect
 from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, FORMAT_KEYS
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, C2, EMPTY
-from exports_pipeline_tests.conftest import ADMIN_URL
+from exports_pipeline_tests.conftest import ADMIN_URL, stop_process_group
 from exports_pipeline_tests.test_delivery import Inbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,13 +168,7 @@ def stack(tmp_path_factory):
                 yield Stack(home, url, instance, inbox, logs)
     finally:
         for process in processes:  # each process group holds the code servers and run workers it started
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process_group(process)
         smtp.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             for name in names:

@@ -21,6 +21,8 @@ import psycopg
 import pytest
 import yaml
 
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+
 ADMIN_URL = os.environ.get("EXPORTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -244,3 +246,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 f"{item.nodeid} is a {layer} test but its module or class marks it "
                 f"{' and '.join(sorted(others))}: mark its tests one by one"
             )
+
+
+def materialize(resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS):
+    """One campaign partition of the export asset in process, its errors kept in the result."""
+    instance.add_dynamic_partitions("campaigns", [partition])
+    return dg.materialize(
+        [campaign_export],
+        selection=selection,
+        instance=instance,
+        partition_key=partition,
+        resources=resources,
+        run_config={"ops": {"campaign_export": {"config": config or {}}}},
+        raise_on_error=False,
+    )

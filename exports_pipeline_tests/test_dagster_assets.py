@@ -11,29 +11,16 @@ import dagster as dg
 import pytest
 
 from exports_pipeline.definitions import defs
-from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
+from exports_pipeline_tests.conftest import materialize
 
 
 @pytest.fixture
 def resources(pg_url, tmp_path):
     awkward.load(pg_url)
     return {"source": SourceDatabase(url=pg_url), "destination": ExportDestination(url=str(tmp_path / "exports"))}
-
-
-def materialize(resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS):
-    instance.add_dynamic_partitions("campaigns", [partition])
-    return dg.materialize(
-        [campaign_export],
-        selection=selection,
-        instance=instance,
-        partition_key=partition,
-        resources=resources,
-        run_config={"ops": {"campaign_export": {"config": config or {}}}},
-        raise_on_error=False,
-    )
 
 
 @pytest.mark.dagster

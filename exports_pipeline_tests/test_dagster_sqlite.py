@@ -8,11 +8,12 @@ import json
 import dagster as dg
 import pytest
 
-from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
+from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase
 from exports_pipeline.defs.sensors import campaign_sensors
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY
+from exports_pipeline_tests.conftest import materialize
 
 campaign_partitions_sensor, _ = campaign_sensors()
 
@@ -23,18 +24,6 @@ pytestmark = pytest.mark.dagster
 def resources(sqlite_url, tmp_path) -> dict:
     awkward.load(sqlite_url)
     return {"source": SourceDatabase(url=sqlite_url), "destination": ExportDestination(url=str(tmp_path / "exports"))}
-
-
-def materialize(resources, instance, partition: str, selection=DEFAULT_EXPORT_KEYS) -> dg.ExecuteInProcessResult:
-    instance.add_dynamic_partitions("campaigns", [partition])
-    return dg.materialize(
-        [campaign_export],
-        selection=selection,
-        instance=instance,
-        partition_key=partition,
-        resources=resources,
-        raise_on_error=False,
-    )
 
 
 def test_a_sqlite_campaign_materializes_the_spec_csv_and_runs_its_checks(resources, tmp_path):

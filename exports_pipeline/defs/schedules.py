@@ -25,7 +25,7 @@ from exports_pipeline.defs.run_requests import export_run_requests
 
 FINGERPRINT_PAGE = 2_000  # campaigns per fingerprint query (consecutive ids: one index range per table)
 MANIFEST_READERS = 16  # latest.json and manifest reads in flight (S3 round trips dominate the tick)
-# Runs of up to 100 campaigns make a night of tens of thousands affordable; past this, the least recently
+# Runs of up to CAMPAIGNS_PER_RUN campaigns make a night of tens of thousands affordable; past this, the least recently
 # active wait for the next night, so that one tick never requests an unbounded number of runs.
 MAX_CAMPAIGNS_PER_NIGHT = 100_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -248,7 +248,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             )
 
 
-def materialize(resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS):
+def materialize(
+    resources, instance, partition: str, config: dict | None = None, selection=DEFAULT_EXPORT_KEYS, tags=None
+):
     """One campaign partition of the export asset in process, its errors kept in the result."""
     instance.add_dynamic_partitions("campaigns", [partition])
     return dg.materialize(
@@ -258,5 +260,6 @@ def materialize(resources, instance, partition: str, config: dict | None = None,
         partition_key=partition,
         resources=resources,
         run_config={"ops": {"campaign_export": {"config": config or {}}}},
+        tags=tags,
         raise_on_error=False,
     )

@@ -29,6 +29,7 @@ from exports_pipeline.defs.resources import ExportDestination, MailDelivery, Sou
 from exports_pipeline.run_tags import export_run_tags
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1
+from exports_pipeline_tests.conftest import materialize
 
 SMTP_PASSWORD = "smtp-secret-never-shown"
 export_ready_mail_sensor, export_failed_mail_sensor = mail_sensors()
@@ -164,16 +165,7 @@ def test_mail_in_clear_text_is_refused_by_a_server_that_requires_starttls(smtp_s
 
 
 def _export(instance, resources, campaign_id):
-    instance.add_dynamic_partitions("campaigns", [campaign_id])
-    return dg.materialize(
-        [campaign_export],
-        selection=DEFAULT_EXPORT_KEYS,
-        instance=instance,
-        partition_key=campaign_id,
-        resources=resources,
-        tags=export_run_tags(campaign_id, "manual"),
-        raise_on_error=False,
-    )
+    return materialize(resources, instance, campaign_id, tags=export_run_tags(campaign_id, "manual"))
 
 
 def test_export_ready_mail_has_a_working_presigned_link_and_the_figures(pg_url, s3_bucket, smtp_env, monkeypatch):

@@ -25,11 +25,10 @@ from exports_pipeline.core.export import publish_export, stage_export
 from exports_pipeline.core.links import latest_link
 from exports_pipeline.core.options import ExportOptions
 from exports_pipeline.core.publish import move_latest, read_latest
-from exports_pipeline.defs.assets import DEFAULT_EXPORT_KEYS, campaign_export
 from exports_pipeline.defs.resources import ExportDestination, SourceDatabase, resources_from_env
 from exports_pipeline_tests import awkward
 from exports_pipeline_tests.awkward import C1, EMPTY
-from exports_pipeline_tests.conftest import FAKE_AWS_SECRET
+from exports_pipeline_tests.conftest import FAKE_AWS_SECRET, materialize
 from exports_pipeline_tests.test_cli import run_cli
 
 PREFIX = "exports"
@@ -291,25 +290,13 @@ def test_link_for_a_local_destination_is_the_path_and_no_export_is_a_clear_error
 # ------------------------------------------------------------------------------------------ Dagster
 
 
-def materialize(instance, resources):
-    instance.add_dynamic_partitions("campaigns", [C1])
-    return dg.materialize(
-        [campaign_export],
-        selection=DEFAULT_EXPORT_KEYS,
-        instance=instance,
-        partition_key=C1,
-        resources=resources,
-        raise_on_error=False,
-    )
-
-
 def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3_bucket, monkeypatch):
     base = f"s3://{s3_bucket}/{PREFIX}"
     resources = {"source": SourceDatabase(url=awkward_pg), "destination": ExportDestination(url=base)}
     destination = s3_destination(s3_bucket)
     with dg.instance_for_test() as instance:
         monkeypatch.delenv("EXPORTS_LINK_IN_METADATA", raising=False)
-        result = materialize(instance, resources)
+        result = materialize(resources, instance, C1)
         assert result.success
         csv = next(
             m.metadata
@@ -323,7 +310,7 @@ def test_export_through_dagster_publishes_to_s3_with_s3_locations(awkward_pg, s3
 
         monkeypatch.setenv("EXPORTS_DESTINATION", base)
         monkeypatch.setenv("EXPORTS_LINK_IN_METADATA", "true")
-        again = materialize(instance, resources | {"destination": resources_from_env(os.environ)["destination"]})
+        again = materialize(resources | {"destination": resources_from_env(os.environ)["destination"]}, instance, C1)
         csv = next(
             m.metadata
             for m in again.asset_materializations_for_node("campaign_export")
@@ -346,7 +333,7 @@ def test_s3_failure_fails_the_run_naming_the_bucket_never_the_secret(awkward_pg,
         "destination": ExportDestination(url="s3://no-such-bucket/x"),
     }
     with dg.instance_for_test() as instance:
-        result = materialize(instance, resources)
+        result = materialize(resources, instance, C1)
         assert not result.success
         message = result.failure_data_for_node("campaign_export").error.message
         assert "s3://no-such-bucket/x/" in message and "NoSuchBucket" in message
